@@ -1,0 +1,3 @@
+from bfncli.cli import main
+
+main()

@@ -1,0 +1,351 @@
+"""The ``bfn`` command: one small function per sub-command.
+
+Each function parses its options, builds a config where it takes one, and hands over to a job in
+:mod:`bfncli.jobs`. Heavy imports (torch) happen inside the functions so that ``bfn --help``
+answers at once. User errors become one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_errors
+
+from bfncli import __version__
+from bfncli.errors import UserError
+
+app = typer.Typer(
+    name="bfn",
+    help="Train, evaluate and sample Bayesian Flow Networks (Graves et al., 2023).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# ------------------------------------------------------------------------ shared options
+PresetOpt = typer.Option(None, "--preset", "-p", help="A preset experiment (see --list-presets).")
+ConfigOpt = typer.Option(None, "--config", "-c", help="A YAML config file, layered over the preset.")
+SetOpt = typer.Option(
+    [], "--set", "-s", metavar="KEY.PATH=VALUE", help="Override any config field, e.g. train.batch_size=64 (repeatable)."
+)
+RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", help="Where runs live.", envvar="BFN_RUNS_DIR")
+CheckpointOpt = typer.Option(
+    None, "--checkpoint", help="A bfn .safetensors checkpoint (default: the newest one under --runs-dir)."
+)
+DataOpt = typer.Option(None, "--data", help="Your own data: an image folder, a text file or a .safetensors/.npy tensor.")
+DataDirOpt = typer.Option(None, "--data-dir", help="Where the paper's datasets are kept (default ./data).")
+DeterministicOpt = typer.Option(
+    False, "--deterministic", help="Strict reproducibility: highest-precision matmuls, deterministic algorithms."
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bfn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Train, evaluate and sample Bayesian Flow Networks (Graves et al., 2023)."""
+
+
+def _flags(**paths: Any) -> dict[str, Any]:
+    """{"train.steps": 5, "data.path": None} -> {"train": {"steps": 5}} (None = not given)."""
+    out: dict[str, Any] = {}
+    for dotted, value in paths.items():
+        if value is None:
+            continue
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+# ------------------------------------------------------------------------------- train
+@app.command(
+    epilog="""[bold]Examples[/bold]
+
+  [dim]# the embedded default (8x8 digits), no download[/dim]
+  bfn train
+
+  [dim]# the paper's binarized MNIST experiment[/dim]
+  bfn train --preset mnist --data-dir ~/data
+
+  bfn train --preset text8-tiny --set train.batch_size=32 --max-steps 500
+
+  [dim]# print the resolved config and stop[/dim]
+  bfn train --preset cifar10-256d --dry-run
+
+  [dim]# continue after an interruption[/dim]
+  bfn train --resume auto --run-name my-run
+
+  accelerate launch --multi_gpu --num_processes 8 -m bfncli train --preset text8
+""",
+)
+def train(
+    preset: Optional[str] = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    sets: List[str] = SetOpt,
+    data: Optional[Path] = DataOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="Name of the run directory (default: preset-date-time)."),
+    runs_dir: Path = RunsDirOpt,
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Total optimizer steps (train.steps)."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Steps between checkpoints."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (train.seed)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (newest valid checkpoint of the run) or a checkpoint path."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate everything, print the resolved config as YAML, stop."),
+    list_presets: bool = typer.Option(False, "--list-presets", help="List the presets and stop."),
+    deterministic: bool = DeterministicOpt,
+) -> None:
+    """Train a BFN (continuous-time loss, EMA, crash-safe checkpoints, exact resume)."""
+    from bfncli.config import resolve_config
+
+    if list_presets:
+        _print_presets()
+        return
+    cfg = resolve_config(
+        preset=preset,
+        config_file=config,
+        sets=sets,
+        flags=_flags(**{
+            "data.path": data,
+            "data.dataset": _dataset_for(data),
+            "data.data_dir": data_dir,
+            "train.steps": max_steps,
+            "train.checkpoint_every": checkpoint_every,
+            "train.seed": seed,
+        }),
+    )
+    if dry_run:
+        sys.stdout.write(cfg.to_yaml())
+        return
+    from bfncli.jobs.train import run_training
+
+    run_training(cfg, preset=preset, run_name=run_name, runs_dir=runs_dir, resume=resume, deterministic=deterministic)
+
+
+def _print_presets() -> None:
+    from bfncli.config import DEFAULT_PRESET, list_presets
+
+    presets = list_presets()
+    width = max(map(len, presets))
+    for name, description in presets.items():
+        mark = " (default)" if name == DEFAULT_PRESET else ""
+        typer.echo(f"{name:<{width}}  {description}{mark}")
+
+
+def _dataset_for(path: Optional[Path]) -> Optional[str]:
+    """The dataset kind a --data path implies: a folder of images, a tensor file, or text."""
+    if path is None:
+        return None
+    if path.is_dir():
+        return "images"
+    if path.suffix.lower() in (".safetensors", ".npy"):
+        return "tensor"
+    return "text"
+
+
+# -------------------------------------------------------------------------------- eval
+@app.command(
+    name="eval",
+    epilog="""[bold]Examples[/bold]
+
+  [dim]# newest checkpoint under ./runs, its test split[/dim]
+  bfn eval
+
+  bfn eval --checkpoint mnist.safetensors --steps 784 --repeats 2000
+
+  bfn eval --checkpoint text8.safetensors --steps 0 --json
+
+  bfn eval --checkpoint cifar.safetensors --data my_images.npy --batch-size 50
+""",
+)
+def eval_(
+    checkpoint: Optional[Path] = CheckpointOpt,
+    runs_dir: Path = RunsDirOpt,
+    steps: Optional[int] = typer.Option(None, "--steps", help="n >= 1: the n-step discrete-time loss; 0: continuous time."),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="Passes over the data (the official test.py's n_repeats)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per batch."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    data: Optional[Path] = DataOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    sets: List[str] = SetOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    deterministic: bool = DeterministicOpt,
+) -> None:
+    """Evaluate a checkpoint: the paper's loss with standard errors (nats, bits, per example)."""
+    for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size)):
+        low = 0 if name == "--steps" else 1
+        if value is not None and value < low:
+            raise UserError(f"{name} must be >= {low}, got {value}")
+    from bfncli.jobs.evaluate import run_eval
+
+    run_eval(
+        checkpoint=checkpoint,
+        runs_dir=runs_dir,
+        overrides=_flags(**{
+            "eval.steps": steps, "eval.repeats": repeats, "eval.batch_size": batch_size, "eval.seed": seed,
+            "data.data_dir": data_dir,
+        }),
+        sets=sets,
+        data=data,
+        as_json=as_json,
+        deterministic=deterministic,
+    )
+
+
+# ------------------------------------------------------------------------------ sample
+@app.command(
+    epilog="""[bold]Examples[/bold]
+
+  [dim]# a PNG grid of 4 samples[/dim]
+  bfn sample --shape 4,28,28,1 | bfn render
+
+  bfn sample --steps 1000 --seed 3 -o samples.safetensors
+
+  bfn sample --prompt "in the beginning" | bfn render
+
+  bfn sample --trajectory -o flow.safetensors && bfn render flow.safetensors -o flow.gif
+""",
+)
+def sample(
+    checkpoint: Optional[Path] = CheckpointOpt,
+    runs_dir: Path = RunsDirOpt,
+    shape: Optional[str] = typer.Option(None, "--shape", help="Comma-separated, batch first, e.g. 4,28,28,1."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the checkpoint's sample.steps)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per network batch (chunks)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .safetensors (default: stdout if piped)."),
+    trajectory: bool = typer.Option(False, "--trajectory", help="Record the flow at chosen steps, for an animation."),
+    frames: int = typer.Option(20, "--frames", help="With --trajectory: how many steps to record."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Text: a known prefix to continue."),
+    template: Optional[str] = typer.Option(None, "--template", help="Text: known characters with '?' where unknown."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Inpainting: an image file or a samples file."),
+    mask: Optional[str] = typer.Option(None, "--mask", help="Inpainting: a mask image (white = unknown) or a box 'top,left,height,width'."),
+    sets: List[str] = SetOpt,
+    deterministic: bool = DeterministicOpt,
+) -> None:
+    """Draw samples with the paper's sampler (optionally conditional), as safetensors."""
+    from bfncli.jobs.sample import run_sample
+
+    run_sample(
+        checkpoint=checkpoint, runs_dir=runs_dir, shape=shape, steps=steps, seed=seed, batch_size=batch_size,
+        output=output, trajectory=trajectory, frames=frames, prompt=prompt, template=template, image=image,
+        mask=mask, sets=sets, deterministic=deterministic,
+    )
+
+
+# ------------------------------------------------------------------------------ render
+@app.command(
+    epilog="""[bold]Examples[/bold]
+
+  [dim]# writes samples.png (images) or prints text[/dim]
+  bfn sample | bfn render
+
+  bfn render samples.safetensors -o grid.png --cols 8
+
+  [dim]# a trajectory as an animation[/dim]
+  bfn render flow.safetensors -o flow.gif
+
+  [dim]# the run's loss curves[/dim]
+  bfn render runs/my-run
+""",
+)
+def render(
+    source: Optional[Path] = typer.Argument(None, help="A samples file or a run directory (default: stdin)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Picture to write (default samples.png)."),
+    cols: Optional[int] = typer.Option(None, "--cols", min=1, help="Images per row."),
+    preview: bool = typer.Option(False, "--preview", help="Also draw the images in the terminal."),
+) -> None:
+    """Turn samples into a PNG grid, text, or an animation of the flow; or plot a run."""
+    from bfncli.jobs.render import run_render
+
+    run_render(source=source, output=output, cols=cols, preview=preview)
+
+
+# ----------------------------------------------------------------------------- convert
+@app.command(
+    epilog="""[bold]Examples[/bold]
+
+  bfn convert mnist_ema.pt --preset mnist -o mnist.safetensors
+
+  [dim]# recognises the preset from the weights[/dim]
+  bfn convert cifar10_256d_ema.pt
+
+  bfn convert my_ema.pt --official-config configs/cifar10_discretized_16bins.yaml -o mine.safetensors
+
+  [dim]# back to the official layout[/dim]
+  bfn convert mnist.safetensors -o mnist_ema.pt
+""",
+)
+def convert(
+    source: Path = typer.Argument(..., help="An official .pt state dict, or a bfn .safetensors checkpoint."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default: beside the input)."),
+    preset: Optional[str] = PresetOpt,
+    official_config: Optional[Path] = typer.Option(None, "--official-config", help="The official YAML config of the .pt file."),
+    sets: List[str] = SetOpt,
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
+) -> None:
+    """Convert official .pt checkpoints to bfn safetensors, and back."""
+    from bfncli.jobs.convert import run_convert
+
+    run_convert(source=source, output=output, preset=preset, official_config=official_config, sets=sets, force=force)
+
+
+# -------------------------------------------------------------------------------- main
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: run the app; turn user errors into one line and an exit code."""
+    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
+    where = "bfn" + (f" {args[0]}" if args and args[0] in getattr(command, "commands", {}) else "")
+    try:
+        code = command.main(args=args, prog_name="bfn", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError:
+        code = 0  # typer has printed the help already
+    except click_errors.UsageError as err:
+        path = err.ctx.command_path if err.ctx else where
+        _fail(f"{path}: {err.format_message()} (see '{path} --help')", err.exit_code)
+    except click_errors.ClickException as err:
+        _fail(f"{where}: {err.format_message()}", err.exit_code)
+    except typer.Abort:
+        _fail(f"{where}: aborted", 130)
+    except UserError as err:
+        _fail(f"{where}: {err}", err.exit_code)
+    except KeyboardInterrupt:
+        _fail(f"{where}: interrupted", 130)
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    sys.stderr.write(message.replace("\n", " ").strip() + "\n")
+    sys.exit(code)
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader went away (``bfn sample | head``): stop quietly, as Unix tools do."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

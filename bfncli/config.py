@@ -1,0 +1,531 @@
+"""Every knob of a bfn run, validated.
+
+A run's configuration is built from layers, later ones winning:
+
+    defaults < preset (``--preset``) < YAML file (``--config``) < ``BFN_*`` environment
+    < command-line (``--set key.path=value`` and the commands' own flags)
+
+Environment variables name a key path with double underscores: ``BFN_TRAIN__BATCH_SIZE=64``.
+Values from YAML, the environment and ``--set`` are parsed as YAML scalars/lists, so
+``1e-4``, ``[0.9, 0.99]`` and ``true`` mean what they look like.
+
+Unknown keys are rejected with the key path (and a suggestion); wrong types and values name the
+field and what is allowed. Everything that goes wrong raises :class:`~bfncli.errors.UserError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bfncli.errors import UserError
+
+DEFAULT_PRESET = "default"
+ENV_PREFIX = "BFN_"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------- data
+class DataConfig(Section):
+    """Which data to train and evaluate on, and where its files live."""
+
+    dataset: Literal["mnist", "cifar10", "text8", "digits", "images", "text", "tensor"] = Field(
+        "digits",
+        description="mnist (dynamically binarized), cifar10, text8, digits (embedded, no download), "
+        "or your own data: images (a folder), text (a file), tensor (.safetensors/.npy)",
+    )
+    path: Optional[Path] = Field(None, description="your own data: an image folder, a text file or a tensor file")
+    data_dir: Path = Field(Path("data"), description="where the paper's datasets are kept and downloaded to")
+    download: bool = Field(True, description="download missing dataset files (False: fail instead)")
+    num_bins: int = Field(256, ge=2, le=256, description="discretized images: number of bins per channel")
+    horizontal_flip: bool = Field(False, description="images: random horizontal flips of training examples")
+    seq_len: int = Field(256, ge=1, description="text: characters per example")
+    val_frac: float = Field(0.01, gt=0, lt=1, description="images: fraction of the training set held out")
+
+
+# ------------------------------------------------------------------------------------ network
+class FourierImageAdapter(Section):
+    """Image input adapter: Fourier features of the input, time as an extra channel."""
+
+    kind: Literal["fourier_image"] = "fourier_image"
+    input_channels: int = Field(3, ge=1)
+    input_shape: tuple[int, int] = (32, 32)
+    output_height: int = Field(3, ge=1)
+    add_pos_feats: bool = False
+    add_mask: bool = False
+
+
+class TextAdapter(Section):
+    """Text input adapter: a linear map of the class probabilities plus position and time."""
+
+    kind: Literal["text"] = "text"
+    vocab_size: int = Field(27, ge=2)
+    seq_len: int = Field(256, ge=1)
+    output_size: int = Field(768, ge=1)
+    learn_pos_embedding: bool = False
+
+
+class OutputAdapter(Section):
+    """Maps the network's features to output-distribution parameters per data dimension."""
+
+    input_height: int = Field(131, ge=1)
+    output_channels: int = Field(3, ge=1)
+    output_height: int = Field(2, ge=1, description="parameters per dimension (2 for discretized normal)")
+
+
+class VDMUNet(Section):
+    """The VDM U-Net (Kingma et al. 2021) used for CIFAR-10: no down-sampling, middle attention."""
+
+    kind: Literal["unet_vdm"] = "unet_vdm"
+    embedding_dim: int = Field(128, ge=1)
+    n_blocks: int = Field(32, ge=1)
+    n_attention_heads: int = Field(1, ge=1)
+    dropout_prob: float = Field(0.1, ge=0, lt=1)
+    norm_groups: int = Field(32, ge=1)
+    input_channels: int = Field(3, ge=1)
+    use_fourier_features: bool = True
+    attention_everywhere: bool = False
+    image_size: int = Field(32, ge=1)
+    input_adapter: FourierImageAdapter = FourierImageAdapter()
+    output_adapter: OutputAdapter = OutputAdapter()
+
+
+class ImprovedUNet(Section):
+    """The improved-diffusion U-Net (Nichol & Dhariwal 2021) used for binarized MNIST."""
+
+    kind: Literal["unet_improved"] = "unet_improved"
+    image_size: int = Field(28, ge=1)
+    in_channels: int = Field(2, ge=1)
+    model_channels: int = Field(128, ge=1)
+    out_channels: int = Field(128, ge=1)
+    num_res_blocks: int = Field(2, ge=1)
+    attention_resolutions: list[int] = [8, 16]
+    dropout: float = Field(0.5, ge=0, lt=1)
+    channel_mult: list[int] = [1, 2, 2]
+    conv_resample: bool = True
+    dims: Literal[2] = 2
+    num_heads: int = Field(4, ge=1)
+    num_heads_upsample: int = -1
+    project_input: bool = True
+    skip: bool = True
+    input_adapter: FourierImageAdapter = FourierImageAdapter(input_channels=1, input_shape=(28, 28), output_height=2)
+    output_adapter: OutputAdapter = OutputAdapter(input_height=256, output_channels=1, output_height=1)
+
+
+class Transformer(Section):
+    """The GPT-style transformer (non-causal, with skip concatenation) used for text8."""
+
+    kind: Literal["transformer"] = "transformer"
+    vocab_size: int = Field(27, ge=2)
+    n_layer: int = Field(24, ge=1)
+    n_head: int = Field(12, ge=1)
+    n_embd: int = Field(768, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    skip: bool = True
+    bias: bool = True
+    input_adapter: TextAdapter = TextAdapter()
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+NetworkConfig = Annotated[Union[VDMUNet, ImprovedUNet, Transformer], Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------------------- flow
+class ContinuousFlow(Section):
+    """Continuous and discretized data (paper sections 4 and 5)."""
+
+    kind: Literal["continuous"] = "continuous"
+    min_variance: float = Field(1e-6, gt=0, lt=1, description="sigma_1^2, the sender variance at t=1")
+    kl_samples: int = Field(10, ge=1, description="Monte Carlo samples in the discretized discrete-time loss")
+
+
+class DiscreteFlow(Section):
+    """Discrete data (paper section 6)."""
+
+    kind: Literal["discrete"] = "discrete"
+    n_classes: int = Field(2, ge=2, description="K, the number of classes")
+    max_sqrt_beta: float = Field(1.0, gt=0, description="sqrt(beta_1): beta(t) = beta_1 t^2")
+    kl_samples: int = Field(10, ge=1, description="Monte Carlo samples in the discrete-time loss")
+    discrete_time_kl: Literal["official", "exact"] = Field(
+        "official",
+        description="official: the receiver as a product of per-coordinate mixtures, as the released code "
+        "and the paper's numbers; exact: the paper's mixture of K-dimensional Gaussians",
+    )
+
+
+FlowConfig = Annotated[Union[ContinuousFlow, DiscreteFlow], Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------------- output
+class OutputConfig(Section):
+    """The output distribution p_O the network parameterises."""
+
+    kind: Literal["bernoulli", "categorical", "discretized_normal", "delta"] = "discretized_normal"
+    num_bins: Optional[int] = Field(
+        None, ge=2, description="discretized_normal: bins; delta: bins of the reconstruction loss"
+    )
+    clip: bool = Field(True, description="discretized_normal: first/last bin take the tails")
+    noise_pred: bool = Field(True, description="continuous flows: the network predicts the noise")
+    recon_std: Optional[float] = Field(
+        None, gt=0, description="delta: std of the discretized normal in the reconstruction loss (default sigma_1)"
+    )
+
+
+# -------------------------------------------------------------------------------- optimisation
+class OptimConfig(Section):
+    """AdamW."""
+
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.98)
+    weight_decay: float = Field(0.01, ge=0)
+    eps: float = Field(1e-8, gt=0)
+    decay_groups: bool = Field(False, description="no weight decay on biases, norms and embeddings (transformer)")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up")
+
+
+class TrainConfig(Section):
+    """The training loop."""
+
+    batch_size: int = Field(32, ge=1, description="examples per optimizer step, over all processes")
+    steps: int = Field(1_000_000, ge=1, description="optimizer steps in the whole run")
+    accumulate: int = Field(1, ge=1, description="gradient accumulation micro-steps per optimizer step")
+    loss_steps: int = Field(0, ge=0, description="0: continuous-time loss; n: the n-step discrete-time loss")
+    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    grad_clip_norm: float = Field(5.0, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    seed: int = 666
+    log_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(10_000, ge=1)
+    keep_checkpoints: int = Field(2, ge=2, description="how many recent checkpoints to keep")
+    val_every: int = Field(50_000, ge=1)
+    val_repeats: int = Field(100, ge=1)
+    val_batch_size: int = Field(1000, ge=1)
+    max_val_batches: int = Field(-1, ge=-1, description="-1: the whole validation split")
+    max_nonfinite_steps: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
+
+
+class EvalConfig(Section):
+    """The official test.py estimator."""
+
+    steps: int = Field(0, ge=0, description="0: continuous-time loss; n: the n-step discrete-time loss")
+    repeats: int = Field(1, ge=1)
+    batch_size: int = Field(100, ge=1)
+    seed: int = 0
+
+
+class SampleConfig(Section):
+    """The paper's sampler."""
+
+    steps: int = Field(100, ge=1)
+    batch_size: int = Field(16, ge=1, description="samples drawn per network batch")
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------------------- root
+_FLOW_OUTPUTS = {"continuous": ("discretized_normal", "delta"), "discrete": ("bernoulli", "categorical")}
+_DATASET_FLOW = {"mnist": "discrete", "text8": "discrete", "text": "discrete", "cifar10": "continuous"}
+
+
+class BFNConfig(BaseSettings):
+    """The whole, resolved configuration of a run."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True, env_prefix=ENV_PREFIX)
+
+    description: str = Field("", description="what this configuration is, in a line")
+    data: DataConfig = DataConfig()
+    network: NetworkConfig = VDMUNet()
+    flow: FlowConfig = ContinuousFlow()
+    output: OutputConfig = OutputConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    sample: SampleConfig = SampleConfig()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        # The layers are merged explicitly by resolve_config (so that we know where each value
+        # came from); the model itself only validates what it is given.
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _parts_fit_together(self):
+        flow, out, net, data = self.flow, self.output, self.network, self.data
+        if out.kind not in _FLOW_OUTPUTS[flow.kind]:
+            raise ValueError(
+                f"output.kind '{out.kind}' does not fit a {flow.kind} flow "
+                f"(use one of: {', '.join(_FLOW_OUTPUTS[flow.kind])})"
+            )
+        if flow.kind == "discrete":
+            want = "bernoulli" if flow.n_classes == 2 else "categorical"
+            if out.kind != want:
+                raise ValueError(f"output.kind must be '{want}' for flow.n_classes={flow.n_classes}")
+        if out.kind == "discretized_normal" and out.num_bins is None:
+            raise ValueError("output.num_bins is required for the discretized_normal output")
+        expected_flow = _DATASET_FLOW.get(data.dataset)
+        if expected_flow and flow.kind != expected_flow:
+            raise ValueError(f"data.dataset '{data.dataset}' needs a {expected_flow} flow, not flow.kind '{flow.kind}'")
+        if data.dataset == "mnist" and (flow.kind != "discrete" or flow.n_classes != 2):
+            raise ValueError("data.dataset 'mnist' is binarized: it needs flow.n_classes=2")
+        if data.dataset in ("text8", "text") and (flow.kind != "discrete" or flow.n_classes != 27):
+            raise ValueError(f"data.dataset '{data.dataset}' has 27 characters: it needs flow.n_classes=27")
+        if out.kind == "discretized_normal" and data.dataset in ("cifar10", "images", "digits"):
+            if out.num_bins != data.num_bins:
+                raise ValueError(f"output.num_bins ({out.num_bins}) must equal data.num_bins ({data.num_bins})")
+        if isinstance(net, Transformer):
+            if flow.kind != "discrete" or net.vocab_size != flow.n_classes:
+                raise ValueError("network.vocab_size must equal flow.n_classes")
+            if net.input_adapter.vocab_size != net.vocab_size:
+                raise ValueError("network.input_adapter.vocab_size must equal network.vocab_size")
+            if net.input_adapter.output_size != net.n_embd:
+                raise ValueError("network.input_adapter.output_size must equal network.n_embd")
+            if data.dataset in ("text8", "text") and net.input_adapter.seq_len != data.seq_len:
+                raise ValueError(
+                    f"network.input_adapter.seq_len ({net.input_adapter.seq_len}) must equal "
+                    f"data.seq_len ({data.seq_len})"
+                )
+        else:
+            want_height = {"discretized_normal": 2, "delta": 1, "bernoulli": 1}.get(out.kind)
+            if want_height is None:
+                raise ValueError(f"output.kind '{out.kind}' needs the transformer network")
+            if net.output_adapter.output_height != want_height:
+                raise ValueError(
+                    f"network.output_adapter.output_height must be {want_height} for the {out.kind} output"
+                )
+        return self
+
+    # Convenience views used across the package.
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+# ------------------------------------------------------------------------------------- presets
+def presets_dir() -> Path:
+    """Where the presets are: inside the installed package, or at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "presets", here.parent / "presets"):
+        if candidate.is_dir() and any(candidate.glob("*.yaml")):
+            return candidate
+    raise UserError("the bfn presets are missing from this installation; reinstall bfn", exit_code=1)
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> its one-line description."""
+    out = {}
+    for path in sorted(presets_dir().glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        out[path.stem] = str(data.get("description", "")) if isinstance(data, dict) else ""
+    return out
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = presets_dir() / f"{name}.yaml"
+    if not path.is_file():
+        names = list(list_presets())
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown preset '{name}'{hint}; available presets: {', '.join(names)}")
+    return load_yaml(path)
+
+
+# --------------------------------------------------------------------------------------- layers
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for every way that can fail."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"config file '{path}' does not exist; check the path given to --config")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read config file '{path}': {getattr(err, 'strerror', None) or err}")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise UserError(f"config file '{path}' is not valid YAML{at}: {problem}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(
+            f"config file '{path}' must be a YAML mapping of sections (data:, network:, ...), "
+            f"not a {type(data).__name__}"
+        )
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """A value from the command line or the environment, read as a YAML scalar or list."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[path[-1]] = value
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-4", ...]`` -> nested dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        path = tuple(part.strip() for part in key.strip().split("."))
+        if not sep or not all(path):
+            raise UserError(f"--set expects key.path=value (e.g. --set train.batch_size=64), got '{item}'")
+        _set_path(out, path, parse_value(value))
+    return out
+
+
+def env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """``BFN_TRAIN__BATCH_SIZE=64`` -> ``{"train": {"batch_size": 64}}``, and where each came from."""
+    out: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    for name, value in sorted(environ.items()):
+        if not name.upper().startswith(ENV_PREFIX) or len(name) <= len(ENV_PREFIX):
+            continue
+        path = tuple(name[len(ENV_PREFIX):].lower().split("__"))
+        _set_path(out, path, parse_value(value))
+        origin[path] = f"environment variable {name}"
+    return out, origin
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            # Switching a discriminated section's kind starts that section afresh.
+            if "kind" in value and value["kind"] != out[key].get("kind"):
+                out[key] = value
+            else:
+                out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _paths(tree: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for key, value in tree.items():
+        path = prefix + (str(key),)
+        out.append(path)
+        if isinstance(value, dict):
+            out.extend(_paths(value, path))
+    return out
+
+
+def resolve_config(
+    preset: Optional[str] = None,
+    config_file: Optional[Path] = None,
+    sets: Optional[list[str]] = None,
+    flags: Optional[dict[str, Any]] = None,
+    environ: Optional[Mapping[str, str]] = None,
+    base: Optional[dict[str, Any]] = None,
+) -> BFNConfig:
+    """Build and validate a config from its layers (see the module docstring).
+
+    ``base`` replaces the preset (e.g. the config stored in a checkpoint); ``flags`` are the
+    commands' own options as a nested dict, applied last.
+    """
+    origin: dict[tuple[str, ...], str] = {}
+
+    def layer(tree: dict, source: str) -> dict:
+        for path in _paths(tree):
+            origin[path] = source
+        return tree
+
+    if base is not None:
+        merged = layer(dict(base), "the checkpoint's config")
+    else:
+        name = preset or DEFAULT_PRESET
+        merged = layer(load_preset(name), f"preset '{name}'")
+    if config_file is not None:
+        merged = deep_merge(merged, layer(load_yaml(config_file), f"config file '{config_file}'"))
+    env_tree, env_origin = env_layer(os.environ if environ is None else environ)
+    merged = deep_merge(merged, env_tree)
+    origin.update(env_origin)
+    merged = deep_merge(merged, layer(parse_sets(sets or []), "--set"))
+    merged = deep_merge(merged, layer(flags or {}, "the command line"))
+    return validate_config(merged, origin)
+
+
+def validate_config(data: dict[str, Any], origin: Optional[dict[tuple[str, ...], str]] = None) -> BFNConfig:
+    try:
+        return BFNConfig(**{str(key): value for key, value in data.items()})
+    except ValidationError as err:
+        raise UserError(describe_validation_error(err, origin or {})) from None
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """Field names allowed beside the last part of ``loc`` (for 'did you mean' hints)."""
+    model: Any = BFNConfig
+    for part in loc[:-1]:
+        if model is None and part in _VARIANTS:  # pydantic puts a union's tag in the location
+            model = _VARIANTS[part]
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+def describe_validation_error(err: ValidationError, origin: dict[tuple[str, ...], str]) -> str:
+    """One line naming each offending key path, what is allowed, and where the value came from."""
+    messages = []
+    for item in err.errors(include_url=False):
+        loc = tuple(str(part) for part in item["loc"])
+        # Drop the union tag pydantic inserts (network.unet_vdm.n_blocks -> network.n_blocks).
+        shown = tuple(p for i, p in enumerate(loc) if not (i == 1 and p in _VARIANTS))
+        key = ".".join(shown)
+        source = next((origin[shown[:n]] for n in range(len(shown), 0, -1) if shown[:n] in origin), None)
+        from_ = f" (from {source})" if source else ""
+        kind = item["type"]
+        if kind == "extra_forbidden":
+            close = difflib.get_close_matches(loc[-1], _known_keys(loc), n=1)
+            hint = f"; did you mean '{'.'.join(shown[:-1] + (close[0],))}'?" if close else ""
+            messages.append(f"unknown config key '{key}'{from_}{hint}")
+        elif kind == "value_error" and not key:
+            messages.append(str(item["msg"]).removeprefix("Value error, ") + from_)
+        else:
+            got = item.get("input")
+            got_text = "" if isinstance(got, (dict, list)) or got is None else f", got {got!r}"
+            msg = str(item["msg"]).removeprefix("Value error, ")
+            messages.append(f"{key}: {msg}{got_text}{from_}" if key else f"{msg}{from_}")
+    return "config error: " + "; ".join(messages)
+
+
+_VARIANTS = {
+    cls.model_fields["kind"].default: cls for cls in (VDMUNet, ImprovedUNet, Transformer, ContinuousFlow, DiscreteFlow)
+}

@@ -1,0 +1,158 @@
+"""The Bayesian flow for continuous and discretized data (paper sections 4 and 5).
+
+Each data dimension has a Gaussian input distribution N(mu, 1/rho), starting from the prior
+mu = 0, rho = 1. A sender sample y ~ N(x, 1/alpha) updates it by Bayes' rule; the accuracy
+schedule makes the total precision at time t equal 1/sigma_1^(2t). Data live in [-1, 1]
+(discretized data at bin centres). Shapes: ``x`` and ``mu`` are (B, ...); ``t`` broadcasts to them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional, Union
+
+import torch
+from torch import Tensor
+
+from bfncli.flows.distributions import (
+    Delta,
+    DiscretizedNormal,
+    bin_centres,
+    chunked,
+    normal_log_density,
+    safe_exp,
+)
+
+MIN_T = 1e-6  # below this the noise-prediction parameterisation is undefined (gamma -> 0)
+
+OutputDist = Union[Delta, DiscretizedNormal]
+
+
+class ContinuousFlow:
+    """sigma_1^2 = ``min_variance``; the output is ``delta`` (continuous) or ``discretized_normal``."""
+
+    def __init__(
+        self,
+        min_variance: float,
+        output: Literal["delta", "discretized_normal"] = "discretized_normal",
+        num_bins: Optional[int] = None,
+        noise_pred: bool = True,
+        clip: bool = True,
+        recon_num_bins: Optional[int] = None,
+        recon_std: Optional[float] = None,
+        kl_samples: int = 10,
+    ):
+        if output == "discretized_normal" and num_bins is None:
+            raise ValueError("the discretized_normal output needs num_bins")
+        self.min_variance = min_variance
+        self.sigma_1 = math.sqrt(min_variance)
+        self.output = output
+        self.num_bins = num_bins
+        self.noise_pred = noise_pred
+        self.clip = clip
+        # The reconstruction loss of a delta output is measured with a discretized normal of
+        # this std and these bins, so that it is comparable with discretized models (sec. 7.2).
+        self.recon_num_bins = recon_num_bins or num_bins or 256
+        self.recon_std = recon_std if recon_std is not None else self.sigma_1
+        self.kl_samples = kl_samples
+
+    # ------------------------------------------------------------------ schedule and updates
+    def gamma(self, t: Tensor) -> Tensor:
+        """gamma(t) = 1 - sigma_1^(2t): the fraction of the data in the flow's mean (sec. 4.5)."""
+        return 1 - torch.pow(self.min_variance, t)
+
+    def step_alpha(self, i: Union[int, Tensor], n_steps: int) -> Union[float, Tensor]:
+        """alpha_i = sigma_1^(-2i/n) (1 - sigma_1^(2/n)): accuracy of step i of n (sec. 4.7)."""
+        return self.sigma_1 ** (-2 * i / n_steps) * (1 - self.sigma_1 ** (2 / n_steps))
+
+    def prior(self, shape: tuple[int, ...], device=None) -> tuple[Tensor, float]:
+        """Input prior: mu = 0, rho = 1 (sec. 4.1)."""
+        return torch.zeros(shape, device=device), 1.0
+
+    def sender_sample(self, x: Tensor, alpha, generator: Optional[torch.Generator] = None) -> Tensor:
+        """y ~ p_S(. | x; alpha) = N(x, 1/alpha) (sec. 4.3)."""
+        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x + noise / math.sqrt(alpha) if not torch.is_tensor(alpha) else x + noise / alpha.sqrt()
+
+    @staticmethod
+    def update(mu: Tensor, rho, y: Tensor, alpha) -> tuple[Tensor, Union[float, Tensor]]:
+        """Bayesian update (sec. 4.2): rho' = rho + alpha, mu' = (rho mu + alpha y) / rho'."""
+        new_rho = rho + alpha
+        return (rho * mu + alpha * y) / new_rho, new_rho
+
+    def flow_sample(self, x: Tensor, t: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """mu ~ p_F(. | x; t) = N(gamma x, gamma (1 - gamma)) (sec. 4.5). The network sees mu only."""
+        gamma = self.gamma(t)
+        noise = torch.randn(torch.broadcast_shapes(x.shape, t.shape), generator=generator, device=x.device)
+        return gamma * x + (gamma * (1 - gamma)).sqrt() * noise
+
+    @staticmethod
+    def net_input(mu: Tensor) -> Tensor:
+        return mu
+
+    # ------------------------------------------------------------------- output distribution
+    def output_distribution(self, params: Tensor, mu: Tensor, t: Tensor) -> OutputDist:
+        """p_O from the network's output ``params`` (shape (*data, P), P = 1 or 2).
+
+        With noise prediction (sec. 4.1) the network predicts the noise eps in
+        mu = gamma x + sqrt(gamma (1 - gamma)) eps, so x_hat = mu/gamma - sqrt((1-gamma)/gamma) eps,
+        and x_hat = 0 (std = 1) for t < 1e-6 where gamma vanishes.
+        """
+        t = torch.as_tensor(t, dtype=mu.dtype, device=mu.device).expand_as(mu)
+        mean_param = params[..., 0]
+        if self.noise_pred:
+            tiny = t < MIN_T
+            gamma = self.gamma(t.clamp(min=MIN_T))
+            ratio = ((1 - gamma) / gamma).sqrt()
+            mean = torch.where(tiny, torch.zeros_like(mu), mu / gamma - ratio * mean_param)
+        else:
+            mean = mean_param
+        if self.output == "delta":
+            return Delta(mean)
+        std = safe_exp(params[..., 1])
+        if self.noise_pred:
+            std = torch.where(tiny, torch.ones_like(std), ratio * std)
+        return DiscretizedNormal(mean, std, self.num_bins, clip=self.clip)
+
+    # ----------------------------------------------------------------------------- losses
+    def continuous_time_loss(self, x: Tensor, dist: OutputDist, t: Tensor) -> Tensor:
+        """L^inf(x) = -ln(sigma_1) |x - x_hat|^2 / sigma_1^(2t), per dimension (sec. 4.12, 5.4)."""
+        return -math.log(self.sigma_1) * (dist.mean - x).square() / torch.pow(self.min_variance, t)
+
+    def discrete_time_loss(
+        self, x: Tensor, dist: OutputDist, t: Tensor, n_steps: int, generator: Optional[torch.Generator] = None
+    ) -> Tensor:
+        """L^n(x) at t = t_{i-1}, per dimension (sec. 4.11, 5.3).
+
+        Delta output: n alpha_i |x - x_hat|^2 / 2. Discretized output: n KL(N(x, 1/alpha_i) ||
+        sum_k p(k) N(k_c, 1/alpha_i)), estimated with ``kl_samples`` draws of y from the sender,
+        a chunk of dimensions at a time so that memory is bounded at any batch size.
+        """
+        i = t * n_steps + 1  # t = (i - 1)/n
+        alpha = self.step_alpha(i, n_steps).expand_as(x)
+        if isinstance(dist, Delta):
+            return n_steps * alpha * (x - dist.mean).square() / 2
+        centres = bin_centres(dist.num_bins, x.device, x.dtype)
+        total = torch.zeros_like(x)
+        for _ in range(self.kl_samples):
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+            def kl_term(x_, a_, e_, loc_, scale_):
+                std = a_.rsqrt()
+                y = x_ + e_ * std
+                log_sender = normal_log_density(y, x_, std)
+                log_mix = torch.log(dist._probs_flat(loc_, scale_).clamp(min=0))
+                log_receiver = torch.logsumexp(
+                    log_mix + normal_log_density(y.unsqueeze(-1), centres, std.unsqueeze(-1)), -1
+                )
+                return log_sender - log_receiver
+
+            total = total + chunked(kl_term, x, alpha, noise, dist.loc, dist.scale, width=dist.num_bins)
+        return n_steps * total / self.kl_samples
+
+    def reconstruction_loss(self, x: Tensor, dist: OutputDist) -> Tensor:
+        """-log p_O(x | theta, 1), per dimension (sec. 4.10, 5.2)."""
+        if isinstance(dist, Delta):
+            std = torch.full_like(dist.mean, self.recon_std)
+            dist = DiscretizedNormal(dist.mean, std, self.recon_num_bins, clip=True)
+        return -dist.log_prob(x)

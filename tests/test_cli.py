@@ -1,0 +1,125 @@
+"""The `bfn` executable: help, presets, dry runs and one-line errors (run as a real subprocess)."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+PAPER_PRESETS = ["mnist", "cifar10-256d", "cifar10-16d", "cifar10-256c", "cifar10-16c", "text8"]
+
+
+def bfn(*args, env=None, stdin=None):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BFN_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "bfncli", *args], capture_output=True, text=True, env=full_env, input=stdin, timeout=120
+    )
+
+
+def assert_one_line_error(result, *needles, code=2):
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_help_lists_the_five_commands_quickly():
+    start = time.perf_counter()
+    result = bfn("--help")
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0
+    for command in ("train", "eval", "sample", "render", "convert"):
+        assert command in result.stdout
+    assert elapsed < 3.0  # generous for a loaded CI machine; ~0.3 s here
+    assert "torch" not in bfn("--help").stderr
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from bfncli.cli import app; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "sample", "render", "convert"])
+def test_each_command_has_examples(command):
+    result = bfn(command, "--help")
+    assert result.returncode == 0
+    assert "Examples" in result.stdout and "bfn " + command in result.stdout.replace("  ", " ")
+
+
+def test_version():
+    result = bfn("--version")
+    assert result.returncode == 0 and result.stdout.startswith("bfn ")
+
+
+def test_list_presets():
+    result = bfn("train", "--list-presets")
+    assert result.returncode == 0
+    for name in PAPER_PRESETS + ["default", "mnist-tiny", "text8-tiny"]:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("preset", PAPER_PRESETS)
+def test_dry_run_prints_the_resolved_config(preset):
+    result = bfn("train", "--preset", preset, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load(result.stdout)
+    assert set(cfg) >= {"data", "network", "flow", "output", "optim", "train", "eval", "sample"}
+    assert cfg["train"]["ema_decay"] == 0.9999
+    assert cfg["train"]["grad_clip_norm"] == 5.0
+
+
+def test_dry_run_applies_flags_sets_and_env():
+    result = bfn(
+        "train", "--preset", "mnist", "--dry-run", "--max-steps", "7", "--set", "optim.lr=3e-4",
+        env={"BFN_TRAIN__SEED": "42"},
+    )
+    assert result.returncode == 0, result.stderr
+    cfg = yaml.safe_load(result.stdout)
+    assert (cfg["train"]["steps"], cfg["optim"]["lr"], cfg["train"]["seed"]) == (7, 3e-4, 42)
+
+
+def test_bad_input_unknown_preset():
+    assert_one_line_error(bfn("train", "--preset", "nope", "--dry-run"), "unknown preset 'nope'", "available presets")
+
+
+def test_bad_input_unknown_flag():
+    assert_one_line_error(bfn("train", "--bogus"), "No such option: --bogus", "bfn train --help")
+
+
+def test_bad_input_unknown_command():
+    assert_one_line_error(bfn("trian"), "No such command", "train")
+
+
+def test_bad_input_unknown_key():
+    assert_one_line_error(bfn("train", "--set", "train.foo=1", "--dry-run"), "unknown config key 'train.foo'")
+
+
+def test_bad_input_wrong_type():
+    assert_one_line_error(bfn("train", "--set", "train.batch_size=many", "--dry-run"), "train.batch_size", "integer")
+
+
+def test_bad_input_out_of_range():
+    assert_one_line_error(bfn("train", "--set", "optim.lr=0", "--dry-run"), "optim.lr", "greater than 0")
+    assert_one_line_error(bfn("train", "--max-steps", "0", "--dry-run"), "--max-steps")
+
+
+def test_bad_input_yaml_files(tmp_path):
+    assert_one_line_error(bfn("train", "--config", str(tmp_path / "nope.yaml"), "--dry-run"), "does not exist")
+    not_mapping = tmp_path / "list.yaml"
+    not_mapping.write_text("- a\n- b\n")
+    assert_one_line_error(bfn("train", "--config", str(not_mapping), "--dry-run"), "must be a YAML mapping")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: {seed: 1\n")
+    assert_one_line_error(bfn("train", "--config", str(broken), "--dry-run"), "not valid YAML")
+    unreadable = tmp_path / "dir.yaml"
+    unreadable.mkdir()
+    assert_one_line_error(bfn("train", "--config", str(unreadable), "--dry-run"), "cannot read config file")
+
+
+def test_bad_input_env_variable():
+    assert_one_line_error(bfn("train", "--dry-run", env={"BFN_TRAIN__BATCH_SIZE": "-4"}), "BFN_TRAIN__BATCH_SIZE")
