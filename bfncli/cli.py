@@ -200,10 +200,9 @@ def eval_(
         runs_dir=runs_dir,
         overrides=_flags(**{
             "eval.steps": steps, "eval.repeats": repeats, "eval.batch_size": batch_size, "eval.seed": seed,
-            "data.data_dir": data_dir,
+            "data.data_dir": data_dir, "data.path": data, "data.dataset": _dataset_for(data),
         }),
         sets=sets,
-        data=data,
         as_json=as_json,
         deterministic=deterministic,
     )
@@ -302,7 +301,7 @@ def convert(
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
 ) -> None:
     """Convert official .pt checkpoints to bfn safetensors, and back."""
-    from bfncli.jobs.convert import run_convert
+    from bfncli.convert import run_convert
 
     run_convert(source=source, output=output, preset=preset, official_config=official_config, sets=sets, force=force)
 

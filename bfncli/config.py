@@ -29,6 +29,8 @@ from bfncli.errors import UserError
 
 DEFAULT_PRESET = "default"
 ENV_PREFIX = "BFN_"
+# BFN_* variables that are settings of the tool, not config fields.
+RESERVED_ENV = {"BFN_CACHE_DIR", "BFN_RUNS_DIR"}
 
 
 class Section(BaseModel):
@@ -219,6 +221,9 @@ class TrainConfig(Section):
     val_batch_size: int = Field(1000, ge=1)
     max_val_batches: int = Field(-1, ge=-1, description="-1: the whole validation split")
     max_nonfinite_steps: int = Field(10, ge=1, description="stop after this many non-finite steps in a row")
+    trackers: list[Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive"]] = Field(
+        [], description="experiment trackers through accelerate (opt-in), e.g. [tensorboard]"
+    )
 
 
 class EvalConfig(Section):
@@ -412,7 +417,7 @@ def env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[st
     out: dict[str, Any] = {}
     origin: dict[tuple[str, ...], str] = {}
     for name, value in sorted(environ.items()):
-        if not name.upper().startswith(ENV_PREFIX) or len(name) <= len(ENV_PREFIX):
+        if not name.upper().startswith(ENV_PREFIX) or len(name) <= len(ENV_PREFIX) or name.upper() in RESERVED_ENV:
             continue
         path = tuple(name[len(ENV_PREFIX):].lower().split("__"))
         _set_path(out, path, parse_value(value))

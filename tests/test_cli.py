@@ -1,31 +1,18 @@
 """The `bfn` executable: help, presets, dry runs and one-line errors (run as a real subprocess)."""
 
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 import yaml
+from conftest import assert_one_line_error, run_bfn
 
 PAPER_PRESETS = ["mnist", "cifar10-256d", "cifar10-16d", "cifar10-256c", "cifar10-16c", "text8"]
 
 
-def bfn(*args, env=None, stdin=None):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BFN_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "bfncli", *args], capture_output=True, text=True, env=full_env, input=stdin, timeout=120
-    )
-
-
-def assert_one_line_error(result, *needles, code=2):
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+def bfn(*args, env=None):
+    return run_bfn(*args, env=env)
 
 
 def test_help_lists_the_five_commands_quickly():

@@ -69,9 +69,11 @@ class ContinuousFlow:
         """Input prior: mu = 0, rho = 1 (sec. 4.1)."""
         return torch.zeros(shape, device=device), 1.0
 
-    def sender_sample(self, x: Tensor, alpha, generator: Optional[torch.Generator] = None) -> Tensor:
-        """y ~ p_S(. | x; alpha) = N(x, 1/alpha) (sec. 4.3)."""
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    def sender_sample(self, x: Tensor, alpha, generator: Optional[torch.Generator] = None,
+                      noise: Optional[Tensor] = None) -> Tensor:
+        """y ~ p_S(. | x; alpha) = N(x, 1/alpha) (sec. 4.3); ``noise``: standard normal, shaped like x."""
+        if noise is None:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return x + noise / math.sqrt(alpha) if not torch.is_tensor(alpha) else x + noise / alpha.sqrt()
 
     @staticmethod

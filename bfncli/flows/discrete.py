@@ -63,13 +63,15 @@ class DiscreteFlow:
     def _sender_mean(self, x: Tensor) -> Tensor:
         return self.n_classes * F.one_hot(x.long(), self.n_classes).float() - 1
 
-    def sender_sample(self, x: Tensor, alpha, generator: Optional[torch.Generator] = None) -> Tensor:
-        """y ~ p_S(. | x; alpha) = N(alpha (K e_x - 1), alpha K I) (sec. 6.3)."""
+    def sender_sample(self, x: Tensor, alpha, generator: Optional[torch.Generator] = None,
+                      noise: Optional[Tensor] = None) -> Tensor:
+        """y ~ p_S(. | x; alpha) = N(alpha (K e_x - 1), alpha K I) (sec. 6.3); ``noise``: (*x.shape, K)."""
         alpha = torch.as_tensor(alpha, dtype=torch.float32, device=x.device)
         if alpha.dim():
             alpha = alpha.unsqueeze(-1)
         mean = alpha * self._sender_mean(x)
-        noise = torch.randn(mean.shape, generator=generator, device=x.device)
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator, device=x.device)
         return mean + (alpha * self.n_classes).sqrt() * noise
 
     @staticmethod

@@ -60,6 +60,10 @@ def chunked(fn: Callable[..., Tensor], *tensors: Tensor, width: int) -> Tensor:
     return torch.cat([fn(*(f[i : i + step] for f in flat)) for i in range(0, n, step)]).reshape(shape)
 
 
+def _uniform(shape, like: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+    return torch.rand(shape, generator=generator, device=like.device)
+
+
 # ----------------------------------------------------------------------- bins of [-1, 1]
 def bin_centres(num_bins: int, device=None, dtype=torch.float32) -> Tensor:
     """k_c = (2k - 1)/K - 1 for k = 1..K (paper sec. 5)."""
@@ -98,9 +102,12 @@ class Categorical:
     def mode(self) -> Tensor:
         return self.logits.argmax(-1)
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
-        flat = self.probs.reshape(-1, self.logits.shape[-1])
-        return torch.multinomial(flat, 1, generator=generator).reshape(self.logits.shape[:-1])
+    def sample(self, generator: Optional[torch.Generator] = None, noise: Optional[Tensor] = None) -> Tensor:
+        """Inverse-CDF sampling from uniform ``noise`` (shape of the data), drawn here if not given."""
+        u = _uniform(self.logits.shape[:-1], self.logits, generator) if noise is None else noise
+        cdf = self.probs.cumsum(-1)
+        return torch.searchsorted(cdf, u.unsqueeze(-1).to(cdf.dtype) * cdf[..., -1:]).squeeze(-1).clamp(
+            max=self.logits.shape[-1] - 1)
 
 
 class Bernoulli:
@@ -128,8 +135,8 @@ class Bernoulli:
     def mode(self) -> Tensor:
         return (self.logits > 0).long()
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
-        u = torch.rand(self.logits.shape, generator=generator, device=self.logits.device)
+    def sample(self, generator: Optional[torch.Generator] = None, noise: Optional[Tensor] = None) -> Tensor:
+        u = _uniform(self.logits.shape, self.logits, generator) if noise is None else noise
         return (u < torch.sigmoid(self.logits)).long()
 
 
@@ -144,7 +151,7 @@ class Delta:
     def mode(self) -> Tensor:
         return self.mean
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
+    def sample(self, generator: Optional[torch.Generator] = None, noise: Optional[Tensor] = None) -> Tensor:
         return self.mean
 
 
@@ -220,13 +227,19 @@ class DiscretizedNormal:
         fallback = normal_log_density(quantize(x, self.num_bins), self.loc, self.scale) + math.log(self.bin_width)
         return torch.where(prob < MIN_PROB, fallback, safe_log(prob))
 
-    def sample(self, generator: Optional[torch.Generator] = None) -> Tensor:
-        noise = torch.randn(self.loc.shape, generator=generator, device=self.loc.device, dtype=self.loc.dtype)
+    def sample(self, generator: Optional[torch.Generator] = None, noise: Optional[Tensor] = None) -> Tensor:
+        """A bin centre. ``noise``: standard normal (clip) or uniform (no clip), shaped like the data."""
         if self.clip:
+            if noise is None:
+                noise = torch.randn(self.loc.shape, generator=generator, device=self.loc.device)
             return quantize(self.loc + self.scale * noise, self.num_bins)
         # Inverse-CDF sampling restricted to [-1, 1].
         lo = normal_cdf(-torch.ones_like(self.loc), self.loc, self.scale)
         hi = normal_cdf(torch.ones_like(self.loc), self.loc, self.scale)
-        u = lo + (hi - lo) * torch.rand(self.loc.shape, generator=generator, device=self.loc.device)
-        value = self.loc + self.scale * math.sqrt(2) * torch.erfinv(2 * u - 1)
+        u = _uniform(self.loc.shape, self.loc, generator) if noise is None else noise
+        value = self.loc + self.scale * math.sqrt(2) * torch.erfinv(2 * (lo + (hi - lo) * u) - 1)
         return quantize(value, self.num_bins)
+
+    @property
+    def noise_kind(self) -> str:
+        return "normal" if self.clip else "uniform"

@@ -1,0 +1,239 @@
+"""Self-describing bfn checkpoints: one ``.safetensors`` file, weights plus the run's config.
+
+The string metadata of the file holds:
+
+    format          "bfn"                  what kind of file this is
+    format_version  "1"
+    bfn_version     the bfn that wrote it
+    config          the full resolved BFNConfig as JSON: the architecture comes from here
+    weights         "ema" or "raw"
+    step            the training step (or "0" for converted checkpoints)
+
+Loading never unpickles anything. A file whose tensors do not fit its config is refused with the
+offending names. Files are written to a temporary name, flushed and renamed, so that a crash never
+leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+from bfncli import __version__
+from bfncli.config import BFNConfig, validate_config
+from bfncli.errors import UserError
+
+FORMAT = "bfn"
+FORMAT_VERSION = "1"
+RELEASE_NAME = "model.safetensors"  # the EMA weights inside each training checkpoint directory
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    config: BFNConfig
+    weights: str
+    step: int
+    metadata: dict[str, str]
+
+
+# ------------------------------------------------------------------------------- writing
+@contextmanager
+def atomic_path(path: Path, suffix: str = ".partial") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{suffix}-{os.getpid()}")
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def metadata_for(cfg: BFNConfig, weights: str, step: int, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bfn_version": __version__,
+        "config": cfg.to_json(),
+        "weights": weights,
+        "step": str(int(step)),
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def progress(items, total: int, label: str, nbytes: int):
+    """A progress bar on stderr for big files (on a terminal); silent for small ones."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=label, unit="tensor", file=sys.stderr, leave=False,
+                disable=None if nbytes > 50e6 else True)
+
+
+def save_checkpoint(
+    path: Path,
+    state_dict: dict[str, Tensor],
+    cfg: BFNConfig,
+    weights: str = "ema",
+    step: int = 0,
+    extra: Optional[dict[str, str]] = None,
+) -> Path:
+    """Write a self-describing checkpoint atomically. Tensors are saved as they are (dtype kept)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
+    tensors = {
+        name: t.detach().to("cpu").contiguous().clone()
+        for name, t in progress(state_dict.items(), len(state_dict), f"writing {path.name}", nbytes)
+    }
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata_for(cfg, weights, step, extra))
+    except OSError as err:
+        raise UserError(f"cannot write checkpoint '{path}': {err.strerror or err}; check the directory and free space",
+                        exit_code=1) from None
+    return path
+
+
+# ------------------------------------------------------------------------------- reading
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file, with one-line errors for files that are not one."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint '{path}' does not exist")
+    if path.is_dir():
+        raise UserError(f"'{path}' is a directory; give the checkpoint's .safetensors file")
+    if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        raise UserError(
+            f"'{path}' is not a bfn checkpoint; convert official .pt files first: bfn convert {path} -o model.safetensors"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"'{path}' is not a readable safetensors file ({_short(err)}); is it truncated?") from None
+
+
+def read_info(path: Path) -> CheckpointInfo:
+    meta = read_metadata(path)
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise UserError(
+            f"'{path}' is a safetensors file but not a bfn checkpoint (no bfn config in its metadata); "
+            "if it holds official weights, convert the official .pt with bfn convert"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"'{path}' has checkpoint format version {meta.get('format_version')!r}; this bfn reads version "
+            f"{FORMAT_VERSION}: upgrade bfn"
+        )
+    try:
+        data = json.loads(meta["config"])
+    except json.JSONDecodeError:
+        raise UserError(f"'{path}' has a corrupted config in its metadata") from None
+    try:
+        cfg = validate_config(data, {})
+    except UserError as err:
+        raise UserError(f"'{path}' carries a config this bfn cannot use: {err}") from None
+    return CheckpointInfo(Path(path), cfg, meta.get("weights", "?"), int(meta.get("step", 0) or 0), meta)
+
+
+def load_tensors(path: Path, device: str = "cpu") -> dict[str, Tensor]:
+    """Every tensor of a safetensors file, in file order, with a progress bar for big files."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            names = list(f.keys())
+            return {name: f.get_tensor(name) for name in progress(names, len(names), f"reading {Path(path).name}",
+                                                                  Path(path).stat().st_size)}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise UserError(f"cannot read the tensors of '{path}' ({_short(err)}); is the file truncated?") from None
+
+
+def check_state_dict(expected: dict[str, Tensor], got: dict[str, Tensor], what: str) -> None:
+    """Refuse tensors that do not fit the architecture, naming the offenders."""
+    missing = [k for k in expected if k not in got]
+    extra = [k for k in got if k not in expected]
+    wrong = [
+        f"{k} {tuple(got[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in expected
+        if k in got and tuple(got[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    for label, names in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)):
+        if names:
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise UserError(f"{what} does not fit its config ({'; '.join(problems)})")
+
+
+def load_model(path: Path, device: str = "cpu", cfg: Optional[BFNConfig] = None):
+    """Build the BFN a checkpoint describes and load its weights. Returns (model, info)."""
+    from bfncli.model import BFN
+
+    info = read_info(path)
+    model = BFN(cfg or info.config)
+    tensors = load_tensors(path)
+    expected = model.net.state_dict()
+    check_state_dict(expected, tensors, f"checkpoint '{path}'")
+    for name, tensor in tensors.items():
+        if not torch.is_floating_point(tensor) or torch.isfinite(tensor).all():
+            continue
+        raise UserError(f"checkpoint '{path}' has non-finite values in '{name}'; it cannot be used")
+    model.net.load_state_dict(tensors, strict=True)
+    return model.to(device).eval(), info
+
+
+# ----------------------------------------------------------------------- finding the newest
+def find_latest(runs_dir: Path) -> Path:
+    """The release file of the newest committed checkpoint of the newest run under ``runs_dir``."""
+    runs_dir = Path(runs_dir)
+    candidates = sorted(runs_dir.glob(f"*/checkpoints/*/{RELEASE_NAME}"), key=lambda p: p.stat().st_mtime)
+    # Only committed checkpoints (with a manifest) count.
+    committed = [p for p in candidates if (p.parent / "manifest.json").exists()]
+    if not committed:
+        where = runs_dir if runs_dir.exists() else f"{runs_dir} (which does not exist)"
+        raise UserError(
+            f"no checkpoint found under {where}; train one with 'bfn train' or pass --checkpoint FILE"
+        )
+    return committed[-1]
+
+
+def _short(err: Exception) -> str:
+    return str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__

@@ -1,0 +1,220 @@
+"""``bfn eval``: the official test.py estimator, resumable, on one or many processes.
+
+For each of R repeats, one pass over the data: per batch one draw of the loss (t, the flow sample
+and the Monte Carlo inside) and one of the reconstruction loss; the repeat's value is the mean over
+batches. Reported: the mean over repeats and its standard error std/sqrt(R) (population std), in
+nats per data dimension like test.py, plus bits and per-example totals.
+
+Repeat r is seeded from (seed, r) alone, so repeats can be split across processes and an
+interrupted evaluation resumes where it stopped: finished repeats are kept in a small JSON file
+in the cache directory, keyed by the checkpoint and the settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from bfncli.checkpoint import load_model
+from bfncli.config import resolve_config
+from bfncli.errors import UserError
+from bfncli.jobs.runtime import Runtime, resolve_checkpoint, setup
+
+
+def run_eval(
+    checkpoint: Optional[Path],
+    runs_dir: Path,
+    overrides: dict[str, Any],
+    sets: list[str],
+    as_json: bool = False,
+    deterministic: bool = False,
+) -> dict[str, Any]:
+    runtime = setup(deterministic)
+    path = resolve_checkpoint(checkpoint, runs_dir, announce=runtime.is_main)
+    model, info = load_model(path, "cpu")
+    cfg = resolve_config(base=info.config.to_dict(), sets=sets, flags=overrides)
+    model.to(runtime.device)
+    examples = _eval_examples(cfg, model)
+    e = cfg.eval
+    result = estimate(model, examples, e.steps, e.repeats, e.batch_size, e.seed, runtime,
+                      state_key=_state_key(path, cfg), progress=runtime.is_main)
+    result.update(checkpoint=str(path), weights=info.weights, step=info.step)
+    if runtime.is_main:
+        sys.stdout.write(json.dumps(result) + "\n" if as_json else format_report(result, cfg))
+    return result
+
+
+def _eval_examples(cfg, model):
+    """The evaluation data: the test split of the checkpoint's dataset, or the user's --data."""
+    from bfncli.data import load_split
+
+    examples = load_split(cfg.data, "test")
+    shape = tuple(examples.spec.shape)
+    if shape != tuple(model.data_shape):
+        source = f"'{cfg.data.path}'" if cfg.data.path else f"the {cfg.data.dataset} test split"
+        raise UserError(
+            f"{source} has examples of shape {shape}, but this model takes {tuple(model.data_shape)}"
+        )
+    want = "discretized" if not model.discrete else ("binary" if model.flow.n_classes == 2 else "text")
+    if examples.spec.kind != want:
+        raise UserError(f"the evaluation data is {examples.spec.kind} but this model needs {want} data")
+    if len(examples) == 0:
+        raise UserError("the evaluation data has no examples")
+    return examples
+
+
+# ------------------------------------------------------------------------------ estimator
+@torch.inference_mode()
+def estimate(model, examples, n_steps: int, repeats: int, batch_size: int, seed: int, runtime: Runtime,
+             state_key: Optional[str] = None, progress: bool = True) -> dict[str, Any]:
+    """Mean and standard error of the loss and the reconstruction loss over ``repeats`` passes."""
+    from tqdm import tqdm
+
+    model.eval()
+    n = len(examples)
+    starts = list(range(0, n, batch_size))
+    state = _State(state_key, runtime.rank) if state_key else None
+    done = state.load() if state else {}
+    mine = [r for r in range(repeats) if r % runtime.world_size == runtime.rank and r not in done]
+    if progress and done:
+        sys.stderr.write(f"resuming: {min(len(done), repeats)} of {repeats} repeats already done\n")
+    bar = tqdm(total=len(mine) * len(starts), desc="eval", unit="batch", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    device = runtime.device
+    for r in mine:
+        data_gen = torch.Generator().manual_seed(_repeat_seed(seed, r, 0))
+        gen = torch.Generator(device=device).manual_seed(_repeat_seed(seed, r, 1))
+        loss_sum = torch.zeros((), device=device)
+        recon_sum = torch.zeros((), device=device)
+        for start in starts:
+            index = torch.arange(start, min(start + batch_size, n))
+            x = examples.batch(index, data_gen).to(device)
+            loss_sum += model.loss(x, n_steps, gen)
+            recon_sum += model.reconstruction_loss(x, gen)
+            bar.update()
+        done[r] = (loss_sum.item() / len(starts), recon_sum.item() / len(starts))
+        if state:
+            state.save(done)
+        if progress:
+            totals = [a + b for a, b in done.values()]
+            bar.set_postfix(total=f"{sum(totals) / len(totals):.4f}", repeats=f"{len(done)}/{repeats}")
+    bar.close()
+    done = _gather(done, runtime)
+    values = [done[r] for r in range(repeats)]
+    return summarise(values, n_steps, n, math.prod(model.data_shape), seed, batch_size)
+
+
+def _repeat_seed(seed: int, repeat: int, stream: int) -> int:
+    return (seed * 1_000_003 + repeat * 2 + stream) % (2**63)
+
+
+def _gather(done: dict[int, tuple[float, float]], runtime: Runtime) -> dict[int, tuple[float, float]]:
+    if runtime.world_size == 1:
+        return done
+    import torch.distributed as dist
+
+    parts: list = [None] * runtime.world_size
+    dist.all_gather_object(parts, done)
+    merged: dict[int, tuple[float, float]] = {}
+    for part in parts:
+        merged.update(part)
+    return merged
+
+
+def summarise(values, n_steps: int, n_examples: int, n_dims: int, seed: int, batch_size: int) -> dict[str, Any]:
+    losses = torch.tensor([v[0] for v in values], dtype=torch.float64)
+    recons = torch.tensor([v[1] for v in values], dtype=torch.float64)
+    totals = losses + recons
+    root = math.sqrt(len(values))
+
+    def stderr(x):
+        return x.std(correction=0).item() / root
+
+    total = totals.mean().item()
+    return {
+        "loss_mean": losses.mean().item(),
+        "loss_stderr": stderr(losses),
+        "recon_mean": recons.mean().item(),
+        "recon_stderr": stderr(recons),
+        "total_mean": total,
+        "total_stderr": stderr(totals),
+        "bits_per_dim": total / math.log(2),
+        "nats_per_example": total * n_dims,
+        "bits_per_example": total * n_dims / math.log(2),
+        "n_steps": n_steps,
+        "repeats": len(values),
+        "n_examples": n_examples,
+        "dims_per_example": n_dims,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+
+
+def format_report(r: dict[str, Any], cfg) -> str:
+    ln2 = math.log(2)
+    d = r["dims_per_example"]
+    unit = {"text8": "char", "text": "char"}.get(cfg.data.dataset, "dim")
+    example = {"mnist": "image", "cifar10": "image", "digits": "image", "images": "image"}.get(cfg.data.dataset,
+                                                                                            "example")
+    how = "continuous-time loss" if r["n_steps"] == 0 else f"{r['n_steps']}-step discrete-time loss"
+    lines = [
+        f"checkpoint   {r['checkpoint']} ({r['weights']} weights, step {r['step']})",
+        f"estimate     {how}, {r['repeats']} repeats over {r['n_examples']} examples of {d} dims (seed {r['seed']})",
+        "",
+        f"{'':16}{'nats/' + unit:>22}{'bits/' + unit:>22}{'nats/' + example:>24}",
+    ]
+    for label, mean, err in (("loss", r["loss_mean"], r["loss_stderr"]),
+                             ("reconstruction", r["recon_mean"], r["recon_stderr"]),
+                             ("total", r["total_mean"], r["total_stderr"])):
+        lines.append(f"{label:<16}{_pm(mean, err):>22}{_pm(mean / ln2, err / ln2):>22}{_pm(mean * d, err * d):>24}")
+    return "\n".join(lines) + "\n"
+
+
+def _pm(mean: float, err: float) -> str:
+    return f"{mean:.4f} ± {err:.4f}"
+
+
+# --------------------------------------------------------------------------- resumable state
+def _state_key(path: Path, cfg) -> str:
+    stat = Path(path).stat()
+    ident = {
+        "checkpoint": str(Path(path).resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
+        "eval": cfg.eval.model_dump(exclude={"repeats"}), "data": cfg.data.model_dump(mode="json"),
+        "flow": cfg.flow.model_dump(),
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+class _State:
+    """Finished repeats of one evaluation, one small JSON file per process."""
+
+    def __init__(self, key: str, rank: int):
+        base = Path(os.environ.get("BFN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bfn")
+        self.dir = base / "eval"
+        self.key = key
+        self.path = self.dir / f"{key}.rank{rank}.json"
+
+    def load(self) -> dict[int, tuple[float, float]]:
+        done: dict[int, tuple[float, float]] = {}
+        for file in self.dir.glob(f"{self.key}.rank*.json"):
+            try:
+                done.update({int(k): tuple(v) for k, v in json.loads(file.read_text()).items()})
+            except (OSError, ValueError):
+                continue  # a damaged progress file only costs its repeats
+        return done
+
+    def save(self, done: dict[int, tuple[float, float]]) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({str(k): v for k, v in done.items()}))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # resuming is a convenience: never fail an evaluation over it

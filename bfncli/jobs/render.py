@@ -1,0 +1,282 @@
+"""``bfn render``: samples -> a PNG grid or text; a trajectory -> an animated GIF; a run -> loss curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from bfncli.errors import UserError
+
+SAMPLES_FORMAT = "bfn-samples"
+IMAGE_KINDS = ("binary_image", "discretized_image", "continuous_image")
+ALPHABET = "_abcdefghijklmnopqrstuvwxyz"
+
+
+# ------------------------------------------------------------------------------- reading
+def parse_samples(data: bytes, where: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a samples file's bytes, with one-line errors for anything else."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if not data:
+        raise UserError(f"{where} is empty; pipe samples in (bfn sample | bfn render) or give a samples file")
+    try:
+        size = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8 : 8 + size]) if 8 + size <= len(data) else None
+        tensors = load(data)
+    except (struct.error, ValueError, SafetensorError, UnicodeDecodeError):
+        raise UserError(f"{where} is not a safetensors samples file; make one with bfn sample") from None
+    meta = (header or {}).get("__metadata__") or {}
+    if meta.get("format") == "bfn":
+        raise UserError(f"{where} is a bfn checkpoint, not samples; draw samples with bfn sample --checkpoint ...")
+    if meta.get("format") != SAMPLES_FORMAT or "samples" not in tensors:
+        raise UserError(f"{where} is a safetensors file but not bfn samples (no 'samples' tensor / kind)")
+    if meta.get("kind") not in IMAGE_KINDS + ("text",):
+        raise UserError(f"{where} holds samples of kind {meta.get('kind')!r}, which this bfn cannot render")
+    return tensors, meta
+
+
+def read_samples(path: Path) -> tuple[Tensor, dict[str, str]]:
+    tensors, meta = parse_samples(_read_bytes(path), f"'{path}'")
+    return tensors["samples"], meta
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read '{path}': {err.strerror or err}") from None
+
+
+# ------------------------------------------------------------------------------ pictures
+def to_unit(samples: Tensor, kind: str) -> Tensor:
+    """Images in [0, 1]: binary 1 = white ink; [-1, 1] data mapped linearly."""
+    x = samples.float()
+    return x.clamp(0, 1) if kind == "binary_image" else ((x + 1) / 2).clamp(0, 1)
+
+
+def grid(images: Tensor, cols: Optional[int] = None, pad: int = 2, min_width: int = 320) -> Tensor:
+    """(N, H, W, C) in [0, 1] -> one (rows*H', cols*W', C) picture, upscaled for small images."""
+    n, h, w, c = images.shape
+    cols = min(cols or math.ceil(math.sqrt(n)), n)
+    rows = math.ceil(n / cols)
+    scale = max(1, min_width // (cols * (w + pad)))
+    if scale > 1:
+        images = images.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+        h, w = h * scale, w * scale
+    canvas = torch.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 0.5)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        canvas[top : top + h, left : left + w] = images[i]
+    return canvas
+
+
+def _save_png(picture: Tensor, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    array = picture.numpy()
+    try:
+        if array.shape[-1] == 1:
+            plt.imsave(str(path), array[..., 0], cmap="gray", vmin=0, vmax=1)
+        else:
+            plt.imsave(str(path), array)
+    except OSError as err:
+        raise UserError(f"cannot write '{path}': {err.strerror or err}", exit_code=1) from None
+
+
+def decode(indices: Tensor) -> list[str]:
+    return ["".join(ALPHABET[int(i)] for i in row) for row in indices.reshape(indices.shape[0], -1)]
+
+
+def terminal_preview(images: Tensor, cols: Optional[int] = None) -> str:
+    """Images drawn with half-block characters and 24-bit colour."""
+    pic = grid(images, cols, pad=1, min_width=0)
+    if pic.shape[-1] == 1:
+        pic = pic.expand(-1, -1, 3)
+    if pic.shape[0] % 2:
+        pic = torch.cat([pic, torch.zeros(1, *pic.shape[1:])])
+    rgb = (pic * 255).round().to(torch.uint8).tolist()
+    lines = []
+    for y in range(0, len(rgb), 2):
+        cells = []
+        for top, bottom in zip(rgb[y], rgb[y + 1]):
+            cells.append(f"\x1b[38;2;{top[0]};{top[1]};{top[2]}m\x1b[48;2;{bottom[0]};{bottom[1]};{bottom[2]}m▀")
+        lines.append("".join(cells) + "\x1b[0m")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ the command
+def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[int], preview: bool) -> Optional[Path]:
+    if source is not None and Path(source).is_dir():
+        return render_run(Path(source), output)
+    if source is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UserError("no samples given: pipe them in (bfn sample | bfn render) or name a samples file")
+        tensors, meta = parse_samples(sys.stdin.buffer.read(), "standard input")
+    else:
+        if not Path(source).exists():
+            raise UserError(f"'{source}' does not exist")
+        tensors, meta = parse_samples(_read_bytes(source), f"'{source}'")
+    kind = meta["kind"]
+    if "flow_input" in tensors:
+        return render_trajectory(tensors, meta, output, cols)
+    samples = tensors["samples"]
+    if kind == "text":
+        if output is not None and output.suffix.lower() in (".png", ".gif"):
+            raise UserError("text samples render as text; drop -o, or use -o FILE.txt")
+        text = "\n".join(decode(samples)) + "\n"
+        if output is None:
+            sys.stdout.write(text)
+            return None
+        output.write_text(text)
+        sys.stderr.write(f"wrote {samples.shape[0]} lines of text to {output}\n")
+        return output
+    if samples.dim() != 4:
+        raise UserError(f"image samples must be (N, H, W, C); these are {tuple(samples.shape)}")
+    output = output or Path("samples.png")
+    if output.suffix.lower() != ".png":
+        raise UserError(f"image grids are PNG files; name the output e.g. '{output.with_suffix('.png')}'")
+    images = to_unit(samples, kind)
+    _save_png(grid(images, cols), output)
+    if preview:
+        sys.stdout.write(terminal_preview(images, cols))
+    sys.stderr.write(f"wrote a grid of {samples.shape[0]} {kind.replace('_', ' ')}s to {output}\n")
+    return output
+
+
+def render_trajectory(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Path],
+                      cols: Optional[int]) -> Path:
+    """The flow, frame by frame: input distribution (left) and the network's prediction (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import animation
+    from matplotlib import pyplot as plt
+
+    kind = meta["kind"]
+    inputs, preds, steps = tensors["flow_input"], tensors["flow_prediction"], tensors["flow_steps"].tolist()
+    total = int(meta.get("steps", steps[-1]))
+    output = output or Path("flow.gif")
+    if output.suffix.lower() not in (".gif", ".png"):
+        raise UserError(f"a trajectory renders as an animated .gif or a .png strip, not '{output.suffix}'")
+
+    if kind == "text":
+        def frame_images(f):
+            return None
+        texts_in = [decode(inputs[f].argmax(-1)) for f in range(len(steps))]
+        texts_out = [decode(preds[f].argmax(-1)) for f in range(len(steps))]
+    else:
+        def unit(x):
+            return x.clamp(0, 1) if kind == "binary_image" else ((x + 1) / 2).clamp(0, 1)
+
+        def frame_images(f):
+            return grid(unit(inputs[f]), cols, min_width=160), grid(unit(preds[f]), cols, min_width=160)
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.4) if kind != "text" else (12, 0.5 + 0.3 * inputs.shape[1]))
+    for ax, title in zip(axes, ("input distribution", "prediction")):
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=10)
+    artists = []
+
+    def draw(f):
+        for a in artists:
+            a.remove()
+        artists.clear()
+        label = "t = 1 (final)" if steps[f] > total else f"step {steps[f]} of {total}  (t = {(steps[f] - 1) / total:.2f})"
+        fig.suptitle(label, fontsize=10)
+        if kind == "text":
+            for ax, lines in zip(axes, (texts_in[f], texts_out[f])):
+                artists.append(ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=7, va="top",
+                                       transform=ax.transAxes))
+        else:
+            left, right = frame_images(f)
+            for ax, pic in zip(axes, (left, right)):
+                grey = pic.shape[-1] == 1
+                artists.append(ax.imshow(pic[..., 0] if grey else pic, cmap="gray" if grey else None, vmin=0, vmax=1))
+        return artists
+
+    try:
+        if output.suffix.lower() == ".gif":
+            anim = animation.FuncAnimation(fig, draw, frames=len(steps), blit=False)
+            anim.save(str(output), writer=animation.PillowWriter(fps=4))
+        else:
+            strip = _strip(inputs, preds, kind, cols) if kind != "text" else None
+            if strip is None:
+                draw(len(steps) - 1)
+                fig.savefig(str(output), dpi=100)
+            else:
+                _save_png(strip, output)
+    except OSError as err:
+        raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None
+    finally:
+        plt.close(fig)
+    sys.stderr.write(f"wrote the flow ({len(steps)} frames) to {output}\n")
+    return output
+
+
+def _strip(inputs: Tensor, preds: Tensor, kind: str, cols: Optional[int]) -> Tensor:
+    """Frames side by side: inputs on the top row, predictions below, first sample of each."""
+    def unit(x):
+        return x.clamp(0, 1) if kind == "binary_image" else ((x + 1) / 2).clamp(0, 1)
+
+    frames = torch.cat([unit(inputs[:, 0]), unit(preds[:, 0])])
+    return grid(frames, cols or inputs.shape[0])
+
+
+def render_run(run_dir: Path, output: Optional[Path]) -> Path:
+    """Loss curves of a training run, from its metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.exists():
+        raise UserError(f"'{run_dir}' is not a bfn run directory (no metrics.jsonl); train one with bfn train")
+    train, val = [], []
+    for line in metrics.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if "loss" in record:
+            train.append((record["step"], record["loss"]))
+        if "val_total" in record:
+            val.append((record["step"], record["val_total"]))
+    if not train:
+        raise UserError(f"'{metrics}' has no training steps yet")
+    output = output or run_dir / "loss.png"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps, losses = zip(*train)
+    ax.plot(steps, losses, lw=0.6, alpha=0.4, label="training loss")
+    window = max(1, len(losses) // 50)
+    if window > 1:
+        smooth = torch.tensor(losses).unfold(0, window, 1).mean(-1).tolist()
+        ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"training loss (mean of {window})")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation (EMA, loss + reconstruction)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats per dimension")
+    ax.set_yscale("log")
+    ax.set_title(run_dir.name)
+    ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(str(output), dpi=110)
+    except OSError as err:
+        raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None
+    finally:
+        plt.close(fig)
+    sys.stderr.write(f"wrote the loss curves of {run_dir.name} to {output}\n")
+    return output

@@ -1,0 +1,57 @@
+"""What every computing command shares: device, process group, reproducibility settings, and
+finding the checkpoint to use."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(deterministic: bool = False) -> Runtime:
+    """Pick the device (one process per GPU under ``accelerate launch``) and set precision flags.
+
+    ``deterministic`` applies the official README's strict settings: highest-precision float32
+    matmuls, deterministic algorithms, no cuDNN benchmarking.
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.set_float32_matmul_precision("highest")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.benchmark = True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return Runtime(state.device, state.process_index, state.num_processes)
+    return Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve_checkpoint(checkpoint: Optional[Path], runs_dir: Path, announce: bool = True) -> Path:
+    """The checkpoint given, or the newest one under ``runs_dir`` (named on stderr)."""
+    from bfncli.checkpoint import find_latest
+
+    if checkpoint is not None:
+        return Path(checkpoint)
+    path = find_latest(runs_dir)
+    if announce:
+        sys.stderr.write(f"using checkpoint {path}\n")
+    return path

@@ -1,0 +1,178 @@
+"""``bfn sample``: draw samples (optionally conditional, optionally recording the flow) as safetensors.
+
+The output file holds ``samples`` (N, *data_shape) in the model's data layout and metadata saying
+what they are (``kind``: binary_image, discretized_image or text; ``num_bins``; steps, seed,
+checkpoint). With ``--trajectory`` it also holds, for the recorded steps, the input distribution's
+parameters (``flow_input``) and the network's prediction (``flow_prediction``), both (F, N, *shape),
+and ``flow_steps`` (F,).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from bfncli.checkpoint import atomic_path, load_model
+from bfncli.config import resolve_config
+from bfncli.errors import UserError
+from bfncli.jobs.runtime import resolve_checkpoint, setup
+
+SAMPLES_FORMAT = "bfn-samples"
+TEXT_ALPHABET = "_abcdefghijklmnopqrstuvwxyz"
+
+
+def data_kind(model) -> str:
+    if not model.discrete:
+        return "discretized_image" if model.flow.output == "discretized_normal" else "continuous_image"
+    return "binary_image" if model.flow.n_classes == 2 else "text"
+
+
+def parse_shape(text: Optional[str], model, default_count: int) -> tuple[int, ...]:
+    shape = tuple(model.data_shape)
+    if text is None:
+        return (default_count, *shape)
+    try:
+        parts = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+    except ValueError:
+        raise UserError(f"--shape must be comma-separated integers, got '{text}'") from None
+    hint = f"this model makes examples of shape {','.join(map(str, shape))}: use --shape N,{','.join(map(str, shape))}"
+    if len(parts) != len(shape) + 1 or parts[1:] != shape:
+        raise UserError(f"--shape {text} cannot be produced; {hint}")
+    if parts[0] < 1:
+        raise UserError(f"--shape needs at least one sample; {hint}")
+    return parts
+
+
+def run_sample(
+    checkpoint: Optional[Path],
+    runs_dir: Path,
+    shape: Optional[str] = None,
+    steps: Optional[int] = None,
+    seed: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    output: Optional[Path] = None,
+    trajectory: bool = False,
+    frames: int = 20,
+    prompt: Optional[str] = None,
+    template: Optional[str] = None,
+    image: Optional[Path] = None,
+    mask: Optional[str] = None,
+    sets: Optional[list[str]] = None,
+    deterministic: bool = False,
+) -> Optional[Path]:
+    from bfncli.samplers import SampleNoise, ancestral
+    from bfncli.samplers.condition import image_condition, text_condition
+
+    if output is None and sys.stdout.isatty():
+        raise UserError("samples are binary (safetensors): pipe them (bfn sample | bfn render) or pass -o FILE")
+    if output is not None and output.suffix != ".safetensors":
+        raise UserError(f"samples are written as .safetensors; name the output e.g. '{output.with_suffix('.safetensors')}'")
+    for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--frames", frames)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be >= 1, got {value}")
+    runtime = setup(deterministic)
+    path = resolve_checkpoint(checkpoint, runs_dir)
+    model, info = load_model(path, "cpu")
+    cfg = resolve_config(base=info.config.to_dict(), sets=sets or [])
+    model.to(runtime.device)
+    kind = data_kind(model)
+    s = cfg.sample
+    steps = steps or s.steps
+    seed = s.seed if seed is None else seed
+    chunk = batch_size or s.batch_size
+    full_shape = parse_shape(shape, model, 16 if kind != "text" else 4)
+
+    condition = None
+    if prompt is not None or template is not None:
+        if kind != "text":
+            raise UserError("--prompt/--template are for text models; use --image/--mask for images")
+        condition = text_condition(prompt, template, model.data_shape[0])
+    elif image is not None or mask is not None:
+        if kind == "text":
+            raise UserError("--image/--mask are for image models; use --prompt or --template for text")
+        condition = image_condition(image, mask, model, kind)
+
+    n = full_shape[0]
+    record_at = _frame_steps(steps, frames) if trajectory else set()
+    outputs, traj_in, traj_pred = [], [], []
+    from tqdm import tqdm
+
+    bar = tqdm(total=steps * math.ceil(n / chunk), desc="sample", unit="step", file=sys.stderr, dynamic_ncols=True)
+    for first in range(0, n, chunk):
+        count = min(chunk, n - first)
+        noise = SampleNoise(seed, first, count, runtime.device)
+        ins, preds = [], []
+
+        def callback(i, params, dist):
+            if i <= steps:
+                bar.update()
+            if i in record_at:
+                ins.append(_view_input(model, params).cpu())
+                preds.append(_view_prediction(model, dist).cpu())
+
+        outputs.append(ancestral(model, noise, steps, callback=callback, condition=condition).cpu())
+        if trajectory:
+            traj_in.append(torch.stack(ins, 1))
+            traj_pred.append(torch.stack(preds, 1))
+    bar.close()
+    tensors = {"samples": torch.cat(outputs).contiguous()}
+    if trajectory:
+        tensors["flow_input"] = torch.cat(traj_in, 1).contiguous()
+        tensors["flow_prediction"] = torch.cat(traj_pred, 1).contiguous()
+        tensors["flow_steps"] = torch.tensor(sorted(record_at))
+    if condition is not None:
+        tensors["known"] = condition.known.expand(n, *model.data_shape).contiguous().to(torch.uint8)
+    meta = {
+        "format": SAMPLES_FORMAT, "kind": kind, "steps": str(steps), "seed": str(seed),
+        "checkpoint": str(path), "shape": json.dumps(list(full_shape)),
+        "num_bins": str(model.flow.num_bins or "") if not model.discrete else str(model.flow.n_classes),
+    }
+    if kind == "text":
+        meta["alphabet"] = TEXT_ALPHABET
+    return _write(tensors, meta, output)
+
+
+def _frame_steps(steps: int, frames: int) -> set[int]:
+    """Which steps to record: ``frames`` of them, spread evenly, always including the first and the end."""
+    count = min(frames, steps + 1)
+    return {round(1 + k * steps / max(count - 1, 1)) for k in range(count)}
+
+
+def _view_input(model, params: Tensor) -> Tensor:
+    """The input distribution in a picture-friendly form: mu for images, P(class 1) for binary, theta for text."""
+    if not model.discrete:
+        return params.float()
+    if model.flow.n_classes == 2:
+        return params[..., 1].float()
+    return params.float()
+
+
+def _view_prediction(model, dist) -> Tensor:
+    b = dist.probs.shape[0] if model.discrete else dist.mean.shape[0]
+    if not model.discrete:
+        return dist.mean.reshape(b, *model.data_shape).float()
+    probs = dist.probs.reshape(b, *model.data_shape, -1)
+    return (probs[..., 1] if model.flow.n_classes == 2 else probs).float()
+
+
+def _write(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Path]) -> Optional[Path]:
+    from safetensors.torch import save, save_file
+
+    if output is None:
+        data = save(tensors, metadata=meta)
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return None
+    try:
+        with atomic_path(output) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+    except OSError as err:
+        raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None
+    sys.stderr.write(f"wrote {tensors['samples'].shape[0]} samples to {output}\n")
+    return output

@@ -1,0 +1,503 @@
+"""``bfn train``: the training loop, on one process or many (HF accelerate).
+
+Exactness by construction: every random draw of optimizer step s (which examples, the time t, the
+flow sample, the Monte Carlo noise, dropout) comes from generators seeded by (seed, s, micro-step,
+rank) alone. A checkpoint therefore only needs the weights, the EMA, the optimizer state and a few
+counters; resuming from it replays the very same computation, bit for bit, wherever the run was
+interrupted (an epoch boundary, mid-epoch, mid-accumulation, mid-checkpoint-write).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from bfncli.config import BFNConfig, resolve_config
+from bfncli.errors import UserError
+from bfncli.jobs.runtime import setup
+from bfncli.training_state import (
+    find_resumable,
+    load_training_checkpoint,
+    restore_optimizer,
+    save_training_checkpoint,
+    verify,
+)
+
+# Config fields that may change on resume: they do not alter the trajectory of the run.
+RESUMABLE_CHANGES = (
+    "description", "train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+    "train.val_every", "train.val_repeats", "train.val_batch_size", "train.max_val_batches", "train.trackers",
+    "train.max_nonfinite_steps", "data.data_dir", "data.download", "eval", "sample",
+)
+LARGE_DATASET = 10_000_000  # above this many examples, draw indices at random instead of epoch permutations
+
+
+def mix(*parts: Any) -> int:
+    """A 63-bit seed from any tuple of values (stable across runs and machines)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+# ------------------------------------------------------------------------------- data order
+class DataOrder:
+    """Which examples each (step, micro-step, rank) trains on: a pure function of the step.
+
+    The global batch of step s is positions [s B, (s+1) B) of the endless sequence of epochs, each
+    a permutation of the training set seeded by (seed, epoch). Ranks and micro-steps take
+    consecutive slices. Huge datasets (text8: every offset is an example) draw uniformly instead.
+    """
+
+    def __init__(self, n_examples: int, global_batch: int, micro_batch: int, seed: int):
+        self.n = n_examples
+        self.global_batch = global_batch
+        self.micro_batch = micro_batch
+        self.seed = seed
+        self._epoch: Optional[int] = None
+        self._perm: Optional[torch.Tensor] = None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._epoch != epoch:
+            g = torch.Generator().manual_seed(mix(self.seed, "epoch", epoch))
+            self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
+        return self._perm
+
+    def indices(self, step: int, slot: int) -> torch.Tensor:
+        """Indices for micro-batch ``slot`` (= micro * world_size + rank) of optimizer step ``step``."""
+        if self.n > LARGE_DATASET:
+            g = torch.Generator().manual_seed(mix(self.seed, "draw", step, slot))
+            return torch.randint(0, self.n, (self.micro_batch,), generator=g)
+        start = step * self.global_batch + slot * self.micro_batch
+        positions = torch.arange(start, start + self.micro_batch)
+        epochs, offsets = positions // self.n, positions % self.n
+        out = torch.empty_like(positions)
+        for epoch in epochs.unique().tolist():
+            sel = epochs == epoch
+            out[sel] = self._permutation(int(epoch))[offsets[sel]]
+        return out
+
+    def position(self, step: int) -> dict[str, int]:
+        consumed = step * self.global_batch
+        return {"examples_seen": consumed, "epoch": consumed // self.n, "offset": consumed % self.n}
+
+
+# ------------------------------------------------------------------------------ the config
+def fit_to_data(cfg: BFNConfig, spec) -> BFNConfig:
+    """Make the network's data shape follow the data (the user's own images or text)."""
+    net = cfg.network.model_dump()
+    data = {}
+    if spec.kind == "text":
+        seq_len = spec.shape[0]
+        net["input_adapter"]["seq_len"] = seq_len
+        data["seq_len"] = seq_len
+    else:
+        h, w, c = spec.shape
+        if cfg.network.kind == "transformer":
+            raise UserError("image data needs an image network; choose an image preset (e.g. --preset default)")
+        if cfg.network.kind == "unet_vdm" and h != w:
+            raise UserError(f"the VDM U-Net needs square images; the data is {h}x{w}")
+        net["input_adapter"].update(input_shape=[h, w], input_channels=c)
+        net["image_size"] = h
+        if cfg.network.kind == "unet_vdm":
+            net["input_channels"] = c
+        net["output_adapter"]["output_channels"] = c
+        if spec.num_bins:
+            data["num_bins"] = spec.num_bins
+    tree = cfg.to_dict()
+    tree["network"] = net
+    tree["data"].update(data)
+    if spec.kind == "discretized" and cfg.output.kind == "discretized_normal" and spec.num_bins:
+        tree["output"]["num_bins"] = spec.num_bins
+    return resolve_config(base=tree, environ={})
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted paths whose values differ between two config dicts (ignoring RESUMABLE_CHANGES)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        if path in RESUMABLE_CHANGES:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(config_changes(a, b, path + "."))
+        elif a != b:
+            out.append(f"{path}: {a!r} -> {b!r}")
+    return out
+
+
+# --------------------------------------------------------------------------------- signals
+class StopFlag:
+    """First SIGINT/SIGTERM: finish the step, checkpoint, exit 130/143. Second: exit at once."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            sys.stderr.write("\nsecond signal: exiting now (the last committed checkpoint is intact)\n")
+            os._exit(128 + signum)
+        self.signum = signum
+        sys.stderr.write("\nstopping after this step; writing a checkpoint (signal again to exit at once)\n")
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or 0)
+
+
+# ------------------------------------------------------------------------------- the loop
+def run_training(
+    cfg: BFNConfig,
+    preset: Optional[str] = None,
+    run_name: Optional[str] = None,
+    runs_dir: Path = Path("runs"),
+    resume: Optional[str] = None,
+    deterministic: bool = False,
+) -> Path:
+    from bfncli.data import data_spec, load_split
+
+    runtime = setup(deterministic)
+    cfg = fit_to_data(cfg, data_spec(cfg.data))
+    run_dir, start_path = _run_dir(Path(runs_dir), run_name, preset, resume, runtime.is_main)
+    train_set = load_split(cfg.data, "train")
+    val_set = load_split(cfg.data, "val") if cfg.train.val_every <= cfg.train.steps else None
+    return Trainer(cfg, run_dir, runtime, train_set, val_set).run(start_path)
+
+
+def _run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str], resume: Optional[str],
+             announce: bool) -> tuple[Path, Optional[Path]]:
+    """The run directory, and the checkpoint to start from (None: a fresh run)."""
+    if resume not in (None, "auto"):
+        path = Path(resume)
+        if not path.exists():
+            raise UserError(f"--resume {resume}: no such checkpoint; use --resume auto or a checkpoint directory")
+        if path.name == "checkpoints" or (path / "checkpoints").is_dir():
+            path = path if path.name == "checkpoints" else path / "checkpoints"
+            best, skipped = find_resumable(path.parent)
+            _report_skipped(skipped, announce)
+            if best is None:
+                raise UserError(f"--resume {resume}: no intact checkpoint there")
+            return path.parent, best
+        problem = verify(path)
+        if problem is not None:
+            raise UserError(f"--resume {resume}: {problem}")
+        return path.parent.parent, path
+    if resume == "auto":
+        if run_name is None:
+            runs = sorted((p for p in runs_dir.glob("*") if (p / "config.yaml").exists()),
+                          key=lambda p: p.stat().st_mtime)
+            if not runs:
+                raise UserError(f"--resume auto: no runs under {runs_dir}; start one without --resume")
+            run_dir = runs[-1]
+        else:
+            run_dir = runs_dir / run_name
+        best, skipped = find_resumable(run_dir)
+        _report_skipped(skipped, announce)
+        if best is None and announce:
+            sys.stderr.write(f"no checkpoint in {run_dir} yet: starting it from the beginning\n")
+        return run_dir, best
+    name = run_name or f"{preset or 'default'}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = runs_dir / name
+    if (run_dir / "config.yaml").exists():
+        raise UserError(f"run '{run_dir}' already exists; continue it with --resume auto --run-name {name}, "
+                        "or choose another --run-name")
+    return run_dir, None
+
+
+def _report_skipped(skipped: list[str], announce: bool) -> None:
+    if announce:
+        for note in skipped:
+            sys.stderr.write(f"skipping damaged checkpoint {note}\n")
+
+
+class Trainer:
+    def __init__(self, cfg: BFNConfig, run_dir: Path, runtime, train_set, val_set):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.runtime = runtime
+        self.train_set = train_set
+        self.val_set = val_set
+        t = cfg.train
+        per_step = runtime.world_size * t.accumulate
+        if t.batch_size % per_step:
+            raise UserError(f"train.batch_size ({t.batch_size}) must be divisible by processes x accumulate "
+                            f"({runtime.world_size} x {t.accumulate})")
+        self.micro_batch = t.batch_size // per_step
+        self.order = DataOrder(len(train_set), t.batch_size, self.micro_batch, t.seed)
+
+    # ---------------------------------------------------------------------------- set-up
+    def _build(self):
+        from accelerate import Accelerator
+
+        from bfncli.model import BFN
+
+        t = self.cfg.train
+        precision = t.mixed_precision
+        if precision != "no" and not torch.cuda.is_available():
+            if self.runtime.is_main:
+                sys.stderr.write(f"note: train.mixed_precision={precision} needs a GPU; training in float32\n")
+            precision = "no"
+        self.accelerator = Accelerator(mixed_precision=precision, log_with=t.trackers or None,
+                                       project_dir=str(self.run_dir))
+        torch.manual_seed(t.seed)  # initial weights: the same on every process
+        model = BFN(self.cfg)
+        self.ema = copy.deepcopy(model).requires_grad_(False).eval()
+        groups = self._param_groups(model)
+        optimizer = torch.optim.AdamW(groups, lr=self.cfg.optim.lr, betas=self.cfg.optim.betas,
+                                      eps=self.cfg.optim.eps, weight_decay=self.cfg.optim.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.ema.to(self.accelerator.device)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+        self.params = [p for p in self.unwrapped.parameters()]
+        self.ema_params = [p for p in self.ema.parameters()]
+
+    def _param_groups(self, model):
+        o = self.cfg.optim
+        if o.decay_groups and hasattr(model.net, "get_optim_groups"):
+            return model.net.get_optim_groups(o.weight_decay)
+        return [{"params": list(model.parameters()), "weight_decay": o.weight_decay}]
+
+    def lr_at(self, step: int) -> float:
+        warm = self.cfg.optim.warmup_steps
+        return self.cfg.optim.lr * (min(1.0, (step + 1) / warm) if warm else 1.0)
+
+    # ---------------------------------------------------------------------------- resume
+    def _start(self, start_path: Optional[Path]) -> dict[str, Any]:
+        state = {"step": 0, "skipped_steps": 0, "nonfinite_streak": 0, "best_val": None}
+        config_file = self.run_dir / "config.yaml"
+        if start_path is None and not config_file.exists():
+            if self.runtime.is_main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                _write_text(config_file, self.cfg.to_yaml())
+            self.accelerator.wait_for_everyone()
+            return state
+        if config_file.exists():
+            import yaml
+
+            changes = config_changes(yaml.safe_load(config_file.read_text()), self.cfg.to_dict())
+            if changes:
+                raise UserError("cannot resume with a config that changes the run: " + "; ".join(changes[:6])
+                                + (f" and {len(changes) - 6} more" if len(changes) > 6 else "")
+                                + " (start a new --run-name instead)")
+        if start_path is None:
+            return state
+        tensors, info = load_training_checkpoint(start_path)
+        model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        ema_sd = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+        self.unwrapped.net.load_state_dict(model_sd)
+        self.ema.net.load_state_dict(ema_sd)
+        restore_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
+                          {k: v for k, v in tensors.items() if k.startswith("optim.")}, info["optimizer"])
+        for key in ("step", "skipped_steps", "nonfinite_streak", "best_val"):
+            state[key] = info.get(key, state[key])
+        if self.runtime.is_main:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
+            sys.stderr.write(f"resuming {self.run_dir.name} from step {state['step']} ({start_path.name})\n")
+        return state
+
+    # ------------------------------------------------------------------------------ steps
+    def _micro_step(self, step: int, micro: int) -> torch.Tensor:
+        rank, world = self.runtime.rank, self.runtime.world_size
+        slot = micro * world + rank
+        data_gen = torch.Generator().manual_seed(mix(self.cfg.train.seed, "data", step, slot))
+        x = self.train_set.batch(self.order.indices(step, slot), data_gen).to(self.accelerator.device,
+                                                                                non_blocking=True)
+        flow_gen = torch.Generator(device=self.accelerator.device).manual_seed(mix(self.cfg.train.seed, "flow", step,
+                                                                                   slot))
+        torch.manual_seed(mix(self.cfg.train.seed, "dropout", step, slot))  # dropout inside the network
+        with self.accelerator.autocast():
+            return self.model(x, self.cfg.train.loss_steps, flow_gen)
+
+    def _step(self, step: int) -> dict[str, Any]:
+        """One optimizer step (with accumulation). Returns its metrics; skips non-finite steps."""
+        t = self.cfg.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        total = torch.zeros((), device=self.accelerator.device)
+        for micro in range(t.accumulate):
+            last = micro == t.accumulate - 1
+            sync = self.accelerator.no_sync(self.model) if not last and self.runtime.world_size > 1 else _nothing()
+            with sync:
+                loss = self._micro_step(step, micro)
+                self.accelerator.backward(loss / t.accumulate)
+            total += loss.detach()
+        loss = self.accelerator.reduce(total / t.accumulate, "mean") if self.runtime.world_size > 1 else total / t.accumulate
+        grad_norm = self.accelerator.clip_grad_norm_(self.params, t.grad_clip_norm)
+        finite = bool(torch.isfinite(loss)) and (t.mixed_precision == "fp16" or bool(torch.isfinite(grad_norm)))
+        if finite:
+            self.optimizer.step()
+            torch._foreach_lerp_(self.ema_params, [p.detach().float() for p in self.params], 1 - t.ema_decay)
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": self.lr_at(step), "finite": finite}
+
+    # -------------------------------------------------------------------------------- run
+    def run(self, start_path: Optional[Path]) -> Path:
+        from tqdm import tqdm
+
+        self._build()
+        state = self._start(start_path)
+        t, main = self.cfg.train, self.runtime.is_main
+        if t.trackers:
+            self.accelerator.init_trackers(self.run_dir.name, config=self.cfg.to_dict())
+        bar = tqdm(total=t.steps, initial=state["step"], desc=self.run_dir.name, unit="step", file=sys.stderr,
+                   disable=not main, dynamic_ncols=True)
+        metrics_file = self.run_dir / "metrics.jsonl"
+        clock, clock_step = time.perf_counter(), state["step"]
+        last_saved = state["step"] if start_path is not None else -1
+        self.model.train()
+        with StopFlag() as stop:
+            while state["step"] < t.steps:
+                step = state["step"]
+                m = self._step(step)
+                state["step"] = step + 1
+                if m["finite"]:
+                    state["nonfinite_streak"] = 0
+                else:
+                    state["skipped_steps"] += 1
+                    state["nonfinite_streak"] += 1
+                    if main:
+                        sys.stderr.write(f"\nstep {step + 1}: non-finite loss or gradients; step skipped\n")
+                    if state["nonfinite_streak"] >= t.max_nonfinite_steps:
+                        raise UserError(
+                            f"stopping: {state['nonfinite_streak']} non-finite steps in a row at step {step + 1}; "
+                            "lower optim.lr or train.grad_clip_norm, or resume from an earlier checkpoint",
+                            exit_code=1)
+                done = state["step"]
+                if main and (done % t.log_every == 0 or done == t.steps):
+                    now = time.perf_counter()
+                    rate = (done - clock_step) / max(now - clock, 1e-9)
+                    clock, clock_step = now, done
+                    record = {"step": done, "loss": m["loss"], "grad_norm": m["grad_norm"], "lr": m["lr"],
+                              "steps_per_s": rate, "examples_per_s": rate * t.batch_size,
+                              "skipped_steps": state["skipped_steps"]}
+                    _append_jsonl(metrics_file, record)
+                    if t.trackers:
+                        self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=done)
+                    bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
+                bar.update()
+                if self.val_set is not None and done % t.val_every == 0:
+                    self._validate(done, state, metrics_file)
+                stopping = self._agree(stop.signum is not None)
+                if done % t.checkpoint_every == 0 or done == t.steps or stopping:
+                    self._save(done, state)
+                    last_saved = done
+                if stopping:
+                    bar.close()
+                    raise SystemExit(stop.exit_code)
+        bar.close()
+        if last_saved != state["step"]:
+            self._save(state["step"], state)
+        self.accelerator.end_training()
+        release = self.run_dir / "checkpoints" / f"step-{state['step']:08d}" / "model.safetensors"
+        if main:
+            sys.stderr.write(f"done: {state['step']} steps; EMA weights in {release}\n")
+        return release
+
+    def _agree(self, flag: bool) -> bool:
+        """Every process stops at the same step if any of them was signalled."""
+        if self.runtime.world_size == 1:
+            return flag
+        value = torch.tensor(float(flag), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(value, "sum") > 0)
+
+    def _save(self, step: int, state: dict[str, Any]) -> None:
+        if self.runtime.is_main:
+            info = {k: state[k] for k in ("skipped_steps", "nonfinite_streak", "best_val")}
+            info["data_position"] = self.order.position(step)
+            save_training_checkpoint(self.run_dir, step, self.cfg, self.unwrapped.net.state_dict(),
+                                     self.ema.net.state_dict(), _inner(self.optimizer), info,
+                                     keep=self.cfg.train.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def _validate(self, step: int, state: dict[str, Any], metrics_file: Path) -> None:
+        from bfncli.jobs.evaluate import estimate
+
+        t = self.cfg.train
+        examples = self.val_set
+        if t.max_val_batches > 0 and len(examples) > t.max_val_batches * t.val_batch_size:
+            examples = _Prefix(examples, t.max_val_batches * t.val_batch_size)
+        result = estimate(self.ema, examples, 0, t.val_repeats, t.val_batch_size, mix(t.seed, "val", step),
+                          self.runtime, progress=False)
+        total = result["total_mean"]
+        if self.runtime.is_main:
+            best = state["best_val"] is None or total < state["best_val"]
+            _append_jsonl(metrics_file, {"step": step, "val_loss": result["loss_mean"],
+                                         "val_recon": result["recon_mean"], "val_total": total, "val_best": best})
+            if best:
+                from bfncli.checkpoint import save_checkpoint
+
+                save_checkpoint(self.run_dir / "best.safetensors", self.ema.net.state_dict(), self.cfg, "ema", step)
+        if state["best_val"] is None or total < state["best_val"]:
+            state["best_val"] = total
+        self.model.train()
+
+
+class _Prefix:
+    """The first n examples of an example set (validation with max_val_batches)."""
+
+    def __init__(self, examples, n: int):
+        self.examples, self.n, self.spec = examples, n, examples.spec
+
+    def __len__(self):
+        return self.n
+
+    def batch(self, index, generator=None):
+        return self.examples.batch(index, generator)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _inner(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines the interrupted run wrote after the checkpoint it resumes from."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except ValueError:
+            continue  # a line cut short by the interruption
+    _write_text(path, "".join(line + "\n" for line in keep))

@@ -1,0 +1,125 @@
+"""A Bayesian Flow Network = a flow (the paper's mathematics) + a network (an architecture).
+
+:class:`BFN` computes what training, evaluation and the samplers need: the continuous- or
+discrete-time loss of a batch, the reconstruction loss, and the output distribution for given
+input parameters. Data use the official layouts: binary images (B, H, W, 1) and text (B, L) as
+class indices, discretized images (B, H, W, C) as floats at bin centres in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from bfncli.config import BFNConfig, ContinuousFlow as ContinuousFlowConfig, Transformer
+from bfncli.flows import ContinuousFlow, DiscreteFlow
+
+Flow = Union[ContinuousFlow, DiscreteFlow]
+
+
+def make_flow(cfg: BFNConfig) -> Flow:
+    """The flow object for a config (with its output distribution)."""
+    f, out = cfg.flow, cfg.output
+    if isinstance(f, ContinuousFlowConfig):
+        return ContinuousFlow(
+            min_variance=f.min_variance,
+            output=out.kind,
+            num_bins=out.num_bins,
+            noise_pred=out.noise_pred,
+            clip=out.clip,
+            recon_num_bins=out.num_bins,
+            recon_std=out.recon_std,
+            kl_samples=f.kl_samples,
+        )
+    return DiscreteFlow(
+        n_classes=f.n_classes,
+        max_sqrt_beta=f.max_sqrt_beta,
+        kl_samples=f.kl_samples,
+        discrete_time_kl=f.discrete_time_kl,
+    )
+
+
+def make_network(cfg: BFNConfig) -> nn.Module:
+    from bfncli.networks import build_network
+
+    net = cfg.network
+    params = net.model_dump(exclude={"kind", "input_adapter", "output_adapter"})
+    adapter = net.input_adapter
+    input_adapter = (adapter.kind, adapter.model_dump(exclude={"kind"}))
+    output = getattr(net, "output_adapter", None)
+    output_adapter = ("output", output.model_dump()) if output is not None else None
+    return build_network(net.kind, params, input_adapter, output_adapter)
+
+
+def data_shape(cfg: BFNConfig) -> tuple[int, ...]:
+    """The shape of one example, as the network's input adapter expects it."""
+    adapter = cfg.network.input_adapter
+    if isinstance(cfg.network, Transformer):
+        return (adapter.seq_len,)
+    return (*adapter.input_shape, adapter.input_channels)
+
+
+class BFN(nn.Module):
+    """Flow + network. ``self.net`` holds every weight; the flow has none."""
+
+    def __init__(self, cfg: BFNConfig, net: Optional[nn.Module] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.flow = make_flow(cfg)
+        self.net = net if net is not None else make_network(cfg)
+        self.data_shape = data_shape(cfg)
+        self.discrete = isinstance(self.flow, DiscreteFlow)
+
+    # ------------------------------------------------------------------------ the network
+    def predict(self, input_params, t: Tensor):
+        """p_O for input parameters (mu for continuous flows, theta for discrete) at time ``t``.
+
+        ``t`` holds one time per example, shape (B,). Returns the output distribution over the
+        flattened data dimensions, (B, D).
+        """
+        theta = input_params
+        b = theta.shape[0]
+        t_net = t.reshape(b, *([1] * len(self.data_shape))).expand(b, *self.data_shape)
+        raw = self.net(self.flow.net_input(theta), t_net)
+        # Losses are computed in float32 whatever precision the network ran in.
+        params = raw.float().reshape(b, -1, raw.shape[-1])  # (B, D, parameters per dimension)
+        if self.discrete:
+            return self.flow.output_distribution(params)
+        d = params.shape[1]
+        return self.flow.output_distribution(params, theta.reshape(b, d).float(), t.reshape(b, 1).float())
+
+    def forward(self, x: Tensor, n_steps: int = 0, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The training loss (so that DistributedDataParallel sees a forward call)."""
+        return self.loss(x, n_steps, generator)
+
+    # ----------------------------------------------------------------------------- losses
+    def sample_t(self, batch: int, n_steps: int, device, generator=None) -> Tensor:
+        """t ~ U(0, 1) for the continuous-time loss, t = (i - 1)/n with i ~ U{1..n} otherwise."""
+        if n_steps:
+            return torch.randint(0, n_steps, (batch,), device=device, generator=generator) / n_steps
+        return torch.rand(batch, device=device, generator=generator)
+
+    def _per_example(self, t: Tensor, x: Tensor) -> Tensor:
+        return t.reshape(-1, *([1] * (x.dim() - 1)))
+
+    def loss(self, x: Tensor, n_steps: int = 0, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The loss of a batch in nats per data dimension: continuous-time (``n_steps`` = 0) or n-step."""
+        t = self.sample_t(x.shape[0], n_steps, x.device, generator)
+        theta = self.flow.flow_sample(x, self._per_example(t, x), generator)
+        dist = self.predict(theta, t)
+        flat = x.reshape(x.shape[0], -1)
+        t_flat = t.reshape(-1, 1)
+        if n_steps:
+            per_dim = self.flow.discrete_time_loss(flat, dist, t_flat, n_steps, generator)
+        else:
+            per_dim = self.flow.continuous_time_loss(flat, dist, t_flat)
+        return per_dim.mean()
+
+    def reconstruction_loss(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """-log p_O(x | theta, 1) per data dimension, theta drawn from the flow at t = 1."""
+        t = torch.ones(x.shape[0], device=x.device)
+        theta = self.flow.flow_sample(x, self._per_example(t, x), generator)
+        dist = self.predict(theta, t)
+        return self.flow.reconstruction_loss(x.reshape(x.shape[0], -1), dist).mean()

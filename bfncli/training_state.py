@@ -1,0 +1,188 @@
+"""Crash-safe training checkpoints: everything needed to continue a run exactly.
+
+A checkpoint is a directory ``runs/<name>/checkpoints/step-00001234/`` holding
+
+    model.safetensors   the EMA weights as a self-describing bfn checkpoint (what eval/sample use)
+    state.safetensors   raw weights, EMA weights and every optimizer tensor
+    state.json          step, optimizer hyper-parameters, counters, data position, best validation
+    manifest.json       sha256 and size of the three files above; written last
+
+It is written into a temporary directory, flushed, and committed by one atomic rename; a directory
+without a valid manifest is never loaded. No pickle anywhere: tensors in safetensors, the rest JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+from bfncli.checkpoint import RELEASE_NAME, _fsync, _fsync_dir, metadata_for, save_checkpoint
+from bfncli.errors import UserError
+
+STATE_TENSORS = "state.safetensors"
+STATE_JSON = "state.json"
+MANIFEST = "manifest.json"
+PREFIX = "step-"
+
+
+@dataclass
+class Saved:
+    path: Path
+    step: int
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- optimizer
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and the rest (for JSON)."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, Tensor] = {}
+    plain_state: dict[str, dict[str, Any]] = {}
+    for pid, entries in sd["state"].items():
+        plain_state[str(pid)] = {}
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                plain_state[str(pid)][key] = value
+    return tensors, {"state": plain_state, "param_groups": sd["param_groups"]}
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], plain: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {int(pid): dict(entries) for pid, entries in plain["state"].items()}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+
+
+# ---------------------------------------------------------------------------------- write
+def save_training_checkpoint(
+    run_dir: Path,
+    step: int,
+    cfg,
+    model_state: dict[str, Tensor],
+    ema_state: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    info: dict[str, Any],
+    keep: int,
+) -> Saved:
+    """Write, flush and atomically commit a checkpoint; then prune old ones (keeping ``keep``)."""
+    from safetensors.torch import save_file
+
+    root = checkpoint_dir(run_dir)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
+    for name, t in ema_state.items():
+        if torch.is_floating_point(t) and not torch.isfinite(t).all():
+            raise UserError(f"refusing to save non-finite EMA weights ({name}) at step {step}", exit_code=1)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_checkpoint(tmp / RELEASE_NAME, ema_state, cfg, weights="ema", step=step)
+        opt_tensors, opt_plain = optimizer_tensors(optimizer)
+        tensors = {f"model.{k}": v for k, v in model_state.items()}
+        tensors.update({f"ema.{k}": v for k, v in ema_state.items()})
+        tensors.update(opt_tensors)
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        save_file(tensors, str(tmp / STATE_TENSORS), metadata=metadata_for(cfg, "training-state", step))
+        (tmp / STATE_JSON).write_text(json.dumps({"step": step, "optimizer": opt_plain, **info}, indent=1))
+        for name in (STATE_TENSORS, STATE_JSON):
+            _fsync(tmp / name)
+        manifest = {"step": step, "files": {n: {"sha256": _sha256(tmp / n), "bytes": (tmp / n).stat().st_size}
+                                            for n in (RELEASE_NAME, STATE_TENSORS, STATE_JSON)}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        _fsync(tmp / MANIFEST)
+        _fsync_dir(tmp)
+        if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"cannot write checkpoint in '{root}': {err.strerror or err}; free disk space or fix permissions "
+            "(earlier checkpoints are intact)", exit_code=1
+        ) from None
+    except UserError as err:  # the release file could not be written
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{err} (earlier checkpoints are intact)", exit_code=1) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune(root, keep)
+    return Saved(final, step)
+
+
+def prune(root: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` committed checkpoints (and stale temporary directories)."""
+    committed = sorted(p for p in root.glob(f"{PREFIX}*") if (p / MANIFEST).exists())
+    for old in committed[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(f".tmp-{PREFIX}*"):
+        if f"-{os.getpid()}" not in stale.name:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------- read
+def verify(path: Path) -> Optional[str]:
+    """None if the checkpoint directory is committed and intact, else what is wrong with it."""
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.exists():
+        return "no manifest (the write never finished)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable manifest"
+    for name, expect in files.items():
+        file = Path(path) / name
+        if not file.exists():
+            return f"{name} is missing"
+        if file.stat().st_size != expect["bytes"] or _sha256(file) != expect["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def find_resumable(run_dir: Path) -> tuple[Optional[Path], list[str]]:
+    """The newest intact checkpoint of a run, and a note for each newer one that was skipped."""
+    skipped = []
+    for path in sorted(checkpoint_dir(run_dir).glob(f"{PREFIX}*"), reverse=True):
+        problem = verify(path)
+        if problem is None:
+            return path, skipped
+        skipped.append(f"{path.name}: {problem}")
+    return None, skipped
+
+
+def load_training_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    problem = verify(path)
+    if problem is not None:
+        raise UserError(f"checkpoint '{path}' is not usable: {problem}")
+    tensors = load_file(str(Path(path) / STATE_TENSORS))
+    info = json.loads((Path(path) / STATE_JSON).read_text())
+    return tensors, info

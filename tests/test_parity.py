@@ -1,0 +1,133 @@
+"""Parity with the official implementation, through the real CLI: convert the official fixture
+checkpoints, reproduce the official network outputs, and reproduce test.py's statistics."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import CONFORMANCE, FIXTURES, run_bfn
+from safetensors.torch import load_file
+
+from bfncli.checkpoint import load_model, read_info
+
+# The official `test.py` draws per repeat one loss and one reconstruction estimate; our estimate of
+# the same quantity must agree within a few combined standard errors.
+SIGMAS = 4.0
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    out = {}
+    root = tmp_path_factory.mktemp("converted")
+    for name in FIXTURES:
+        target = root / f"{name}.safetensors"
+        result = run_bfn("convert", CONFORMANCE / name / "official_ema.pt", "--official-config",
+                         CONFORMANCE / name / "official_config.yaml", "-o", target)
+        assert result.returncode == 0, result.stderr
+        out[name] = target
+    return out
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_converted_checkpoint_reproduces_the_official_network_outputs(converted, name):
+    model, info = load_model(converted[name])
+    assert info.weights == "ema"
+    fixture = load_file(str(CONFORMANCE / name / "tensors.safetensors"))
+    with torch.no_grad():
+        out = model.net(fixture["net_inputs"], fixture["t"])
+    expected = fixture["net_outputs"]
+    assert out.shape == expected.shape
+    scale = expected.abs().max()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * float(scale))
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_eval_agrees_with_the_official_statistics(converted, name, tmp_path):
+    expected = json.loads((CONFORMANCE / name / "expected.json").read_text())
+    data = CONFORMANCE / name / "tensors.safetensors"
+    for row in expected["eval"]:
+        result = run_bfn("eval", "--checkpoint", converted[name], "--data", data, "--steps", row["n_steps"],
+                         "--repeats", row["repeats"], "--batch-size", expected["n_data"], "--seed", 7, "--json")
+        assert result.returncode == 0, result.stderr
+        ours = json.loads(result.stdout)
+        assert ours["n_examples"] == expected["n_data"] and ours["n_steps"] == row["n_steps"]
+        for key in ("loss", "recon"):
+            diff = abs(ours[f"{key}_mean"] - row[f"{key}_mean"])
+            allowed = SIGMAS * math.hypot(ours[f"{key}_stderr"], row[f"{key}_stderr"])
+            assert diff <= allowed, (name, row["n_steps"], key, ours[f"{key}_mean"], row[f"{key}_mean"], allowed)
+
+
+def test_round_trip_is_bit_for_bit(converted, tmp_path):
+    for name in FIXTURES:
+        back = tmp_path / f"{name}.pt"
+        result = run_bfn("convert", converted[name], "-o", back)
+        assert result.returncode == 0, result.stderr
+        original = torch.load(CONFORMANCE / name / "official_ema.pt", weights_only=True)
+        again = torch.load(back, weights_only=True)
+        assert list(again) == list(original)
+        for key, tensor in original.items():
+            assert again[key].dtype == tensor.dtype
+            assert torch.equal(again[key], tensor), key
+
+
+def test_checkpoint_carries_its_config(converted):
+    info = read_info(converted["text8"])
+    assert info.config.network.kind == "transformer" and info.config.network.n_layer == 2
+    assert info.config.flow.n_classes == 27 and info.metadata["format"] == "bfn"
+
+
+# ------------------------------------------------------------------ the released layouts
+RELEASED = {  # manifest name -> (preset, released file name)
+    "mnist_discrete": ("mnist", "mnist_ema.pt"),
+    "cifar10_discretized_256bins": ("cifar10-256d", "cifar10_256d_ema.pt"),
+    "cifar10_discretized_16bins": ("cifar10-16d", "cifar10_16d_ema.pt"),
+    "cifar10_continuous_256bins": ("cifar10-256c", "cifar10_256c_ema.pt"),
+    "cifar10_continuous_16bins": ("cifar10-16c", "cifar10_16c_ema.pt"),
+    "text8_discrete": ("text8", "text8_ema.pt"),
+}
+
+
+def _random_official_state(manifest: dict) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {key: torch.randn(shape, generator=g) * 0.02 for key, shape in manifest["keys"].items()}
+
+
+def _few_examples(preset: str, path):
+    from bfncli.config import resolve_config
+    from bfncli.model import data_shape
+
+    cfg = resolve_config(preset, environ={})
+    shape = (2, *data_shape(cfg))
+    g = torch.Generator().manual_seed(1)
+    if cfg.flow.kind == "discrete":
+        data = torch.randint(0, cfg.flow.n_classes, shape, generator=g)
+    else:
+        bins = cfg.data.num_bins
+        data = (torch.randint(0, bins, shape, generator=g).float() * 2 + 1) / bins - 1
+    from safetensors.torch import save_file
+
+    save_file({"data": data}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("manifest_name", list(RELEASED))
+def test_released_layouts_convert_with_their_preset_and_evaluate(manifest_name, tmp_path):
+    manifests = json.loads((CONFORMANCE / "manifests.json").read_text())
+    preset, filename = RELEASED[manifest_name]
+    official = tmp_path / filename
+    torch.save({k: v for k, v in _random_official_state(manifests[manifest_name]).items()}, official)
+    target = tmp_path / "model.safetensors"
+    # No --preset: bfn recognises the preset from the tensors (and the released file name).
+    result = run_bfn("convert", official, "-o", target)
+    assert result.returncode == 0, result.stderr
+    assert f"preset '{preset}'" in result.stderr
+    info = read_info(target)
+    assert info.config == __import__("bfncli.config", fromlist=["x"]).resolve_config(preset, environ={})
+    tensors = load_file(str(target))
+    assert sum(t.numel() for t in tensors.values()) == manifests[manifest_name]["n_params"]
+    data = _few_examples(preset, tmp_path / "data.safetensors")
+    result = run_bfn("eval", "--checkpoint", target, "--data", data, "--repeats", 1, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert math.isfinite(report["total_mean"]) and report["n_examples"] == 2
