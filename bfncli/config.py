@@ -64,9 +64,10 @@ class FourierImageAdapter(Section):
     kind: Literal["fourier_image"] = "fourier_image"
     input_channels: int = Field(3, ge=1)
     input_shape: tuple[int, int] = (32, 32)
-    output_height: int = Field(3, ge=1)
-    add_pos_feats: bool = False
-    add_mask: bool = False
+    output_height: int = Field(3, ge=1, description="features per pixel (the network's input channels)")
+    n_freq_bands: int = Field(64, ge=1)
+    add_pos_feats: bool = Field(False, description="append Fourier position features")
+    add_mask: bool = Field(False, description="append 2t-1 as an extra channel")
 
 
 class TextAdapter(Section):
@@ -122,7 +123,11 @@ class ImprovedUNet(Section):
     num_heads_upsample: int = -1
     project_input: bool = True
     skip: bool = True
-    input_adapter: FourierImageAdapter = FourierImageAdapter(input_channels=1, input_shape=(28, 28), output_height=2)
+    use_scale_shift_norm: bool = False
+    use_checkpoint: bool = Field(False, description="gradient checkpointing: less memory, more compute")
+    input_adapter: FourierImageAdapter = FourierImageAdapter(
+        input_channels=1, input_shape=(28, 28), output_height=2, add_mask=True
+    )
     output_adapter: OutputAdapter = OutputAdapter(input_height=256, output_channels=1, output_height=1)
 
 
@@ -306,6 +311,7 @@ class BFNConfig(BaseSettings):
                     f"data.seq_len ({data.seq_len})"
                 )
         else:
+            _check_image_network(net)
             want_height = {"discretized_normal": 2, "delta": 1, "bernoulli": 1}.get(out.kind)
             if want_height is None:
                 raise ValueError(f"output.kind '{out.kind}' needs the transformer network")
@@ -324,6 +330,29 @@ class BFNConfig(BaseSettings):
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _check_image_network(net: Union[VDMUNet, ImprovedUNet]) -> None:
+    """The adapters' sizes must fit the network's, or the first forward pass fails obscurely."""
+    adapter, out = net.input_adapter, net.output_adapter
+    channels = net.input_channels if isinstance(net, VDMUNet) else net.in_channels
+    if adapter.output_height != channels:
+        name = "input_channels" if isinstance(net, VDMUNet) else "in_channels"
+        raise ValueError(f"network.input_adapter.output_height ({adapter.output_height}) must equal "
+                         f"network.{name} ({channels})")
+    if tuple(adapter.input_shape) != (net.image_size, net.image_size):
+        raise ValueError(f"network.input_adapter.input_shape {list(adapter.input_shape)} must be "
+                         f"[image_size, image_size] = [{net.image_size}, {net.image_size}]")
+    if isinstance(net, VDMUNet):
+        features = net.embedding_dim + net.input_channels
+    else:
+        features = net.out_channels + ((net.model_channels if net.project_input else net.in_channels) if net.skip else 0)
+    if out.input_height != features:
+        raise ValueError(f"network.output_adapter.input_height must be {features} for this network, "
+                         f"not {out.input_height}")
+    if out.output_channels != adapter.input_channels:
+        raise ValueError(f"network.output_adapter.output_channels ({out.output_channels}) must equal "
+                         f"network.input_adapter.input_channels ({adapter.input_channels})")
 
 
 # ------------------------------------------------------------------------------------- presets

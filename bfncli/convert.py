@@ -38,6 +38,24 @@ _OUTPUTS = {
 }
 
 
+# The official classes' own defaults, for parameters an official YAML leaves out.
+OFFICIAL_DEFAULTS = {
+    "UNetVDM": dict(embedding_dim=128, n_blocks=32, n_attention_heads=1, dropout_prob=0.1, norm_groups=32,
+                    input_channels=3, use_fourier_features=True, attention_everywhere=False, image_size=32),
+    "UNetModel": dict(image_size=32, in_channels=3, model_channels=128, out_channels=128, num_res_blocks=3,
+                      attention_resolutions=[8, 16], dropout=0.0, channel_mult=[1, 2, 2, 2], conv_resample=True,
+                      dims=2, skip=True, use_checkpoint=False, num_heads=4, num_heads_upsample=-1,
+                      use_scale_shift_norm=False, project_input=False),
+    "GPT": dict(n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=True, skip=False),
+    "FourierImageInputAdapter": dict(input_channels=3, input_shape=[224, 224], n_freq_bands=64, output_height=256,
+                                     add_pos_feats=True, add_mask=True),
+    "TextInputAdapter": dict(output_size=256, learn_pos_embedding=False),
+}
+# Official options bfn does not implement, accepted only at their default (inactive) values.
+INACTIVE = {"num_classes": None, "is_causal": False, "value_res": -1, "mask_res": -1, "learn_pos_feats": False,
+            "pos_embed_size": 32, "init_scale": 0.02}
+
+
 def _section(model: dict, key: str, table: dict[str, str], what: str) -> tuple[Optional[str], dict]:
     spec = model.get(key)
     if spec is None:
@@ -48,7 +66,12 @@ def _section(model: dict, key: str, table: dict[str, str], what: str) -> tuple[O
     if name not in table:
         raise UserError(f"official config: model.{key}.class_name '{name}' is not a supported {what} "
                         f"(supported: {', '.join(table)})")
-    return table[name], dict(spec.get("parameters") or {})
+    params = {**OFFICIAL_DEFAULTS.get(name, {}), **dict(spec.get("parameters") or {})}
+    for option, inactive in INACTIVE.items():
+        if option in params:
+            if params.pop(option) != inactive:
+                raise UserError(f"official config: model.{key}.parameters.{option} is not supported by bfn")
+    return table[name], params
 
 
 def official_to_config(official: dict[str, Any], source: str = "official config") -> BFNConfig:

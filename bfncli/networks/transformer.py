@@ -1,0 +1,130 @@
+"""A GPT-2 style transformer without the causal mask, as the BFN paper uses it for text8.
+
+Every position sees the whole sequence of input distributions, so one forward pass predicts every
+character. With ``skip`` the final features are concatenated with the adapter's input features
+before the output layer. Parameter names follow the released checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class LayerNorm(nn.Module):
+    """Layer normalisation with an optional bias."""
+
+    def __init__(self, ndim: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, n_head: int, n_embd: int, dropout: float, bias: bool, is_causal: bool):
+        super().__init__()
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.n_head, self.dropout, self.is_causal = n_head, dropout, is_causal
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, length, width = x.shape
+        q, k, v = (part.view(b, length, self.n_head, width // self.n_head).transpose(1, 2)
+                   for part in self.c_attn(x).split(width, 2))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=self.is_causal)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, length, width)))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int, dropout: float, bias: bool):
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: attention, then MLP."""
+
+    def __init__(self, n_head: int, n_embd: int, dropout: float, bias: bool, is_causal: bool):
+        super().__init__()
+        self.ln_1 = LayerNorm(n_embd, bias)
+        self.attn = SelfAttention(n_head, n_embd, dropout, bias, is_causal)
+        self.ln_2 = LayerNorm(n_embd, bias)
+        self.mlp = MLP(n_embd, dropout, bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(
+        self,
+        input_adapter: nn.Module,
+        output_adapter: nn.Module | None,
+        vocab_size: int,
+        n_layer: int = 12,
+        n_head: int = 12,
+        n_embd: int = 768,
+        dropout: float = 0.0,
+        bias: bool = True,
+        skip: bool = False,
+        is_causal: bool = False,
+    ):
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError("n_embd must be a multiple of n_head")
+        self.input_adapter = input_adapter
+        self.output_adapter = output_adapter
+        self.skip = skip and not is_causal
+        self.transformer = nn.ModuleDict(dict(
+            drop=nn.Dropout(dropout),
+            h=nn.ModuleList(Block(n_head, n_embd, dropout, bias, is_causal) for _ in range(n_layer)),
+            ln_f=LayerNorm(n_embd, bias),
+        ))
+        self.lm_head = nn.Linear((2 if skip else 1) * n_embd, vocab_size, bias=bias)
+        # GPT-2 initialisation, with the residual projections scaled down by depth.
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    def forward(self, data: Tensor, t: Tensor) -> Tensor:
+        x_in = self.input_adapter(data, t)
+        x = self.transformer.drop(x_in)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        if self.skip:
+            x = torch.cat([x, x_in], -1)
+        logits = self.lm_head(x)
+        return self.output_adapter(logits) if self.output_adapter is not None else logits
+
+    def get_optim_groups(self, weight_decay: float) -> list[dict]:
+        """Weight decay on the weights of linear layers only: not on biases, norms or embeddings."""
+        decay, no_decay = [], []
+        for module_name, module in self.named_modules():
+            for name, p in module.named_parameters(recurse=False):
+                full = f"{module_name}.{name}" if module_name else name
+                wants_decay = name == "weight" and isinstance(module, nn.Linear)
+                (decay if wants_decay else no_decay).append((full, p))
+        return [
+            {"params": [p for _, p in sorted(decay, key=lambda item: item[0])], "weight_decay": weight_decay},
+            {"params": [p for _, p in sorted(no_decay, key=lambda item: item[0])], "weight_decay": 0.0},
+        ]

@@ -1,0 +1,219 @@
+"""The U-Net of "Improved Denoising Diffusion Probabilistic Models" (Nichol & Dhariwal 2021), as
+the BFN paper uses it for binarized MNIST: a linear projection of the input, down- and up-sampling
+levels of residual blocks with attention at chosen resolutions, a time embedding of 4000 t, and the
+projected input concatenated to the features before the output adapter. 2-D images only.
+Parameter names follow the released checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+
+def _zeroed(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class GroupNorm32(nn.GroupNorm):
+    """32-group normalisation computed in float32 whatever the activations' precision."""
+
+    def __init__(self, channels: int):
+        super().__init__(32, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.float()).type(x.dtype)
+
+
+def timestep_embedding(steps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """cos then sin of steps at geometrically spaced frequencies from 1 to 1/max_period."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=steps.device) / half)
+    angles = steps.float()[:, None] * freqs[None]
+    emb = torch.cat([angles.cos(), angles.sin()], -1)
+    return torch.cat([emb, torch.zeros_like(emb[:, :1])], -1) if dim % 2 else emb
+
+
+class ResBlock(nn.Module):
+    """norm-SiLU-conv, plus the (optionally scale-and-shift) time embedding, norm-SiLU-dropout-conv."""
+
+    def __init__(self, channels: int, emb_channels: int, dropout: float, out_channels: Optional[int] = None,
+                 use_scale_shift_norm: bool = False, use_checkpoint: bool = False):
+        super().__init__()
+        out = out_channels or channels
+        self.use_scale_shift_norm = use_scale_shift_norm
+        self.use_checkpoint = use_checkpoint
+        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out if use_scale_shift_norm else out))
+        self.out_layers = nn.Sequential(
+            GroupNorm32(out), nn.SiLU(), nn.Dropout(p=dropout), _zeroed(nn.Conv2d(out, out, 3, padding=1))
+        )
+        self.skip_connection = nn.Identity() if out == channels else nn.Conv2d(channels, out, 1)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        if self.use_checkpoint and self.training:
+            return checkpoint(self._forward, x, emb, use_reentrant=False)
+        return self._forward(x, emb)
+
+    def _forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.in_layers(x)
+        e = self.emb_layers(emb).type(h.dtype)[:, :, None, None]
+        if self.use_scale_shift_norm:
+            scale, shift = e.chunk(2, 1)
+            h = self.out_layers[0](h) * (1 + scale) + shift
+            h = self.out_layers[1:](h)
+        else:
+            h = self.out_layers(h + e)
+        return self.skip_connection(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over pixels. The qkv projection's channels are laid out per head as
+    (head, [q | k | v], ch), the layout the released weights were trained with."""
+
+    def __init__(self, channels: int, num_heads: int = 1, use_checkpoint: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.use_checkpoint = use_checkpoint
+        self.norm = GroupNorm32(channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = _zeroed(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.use_checkpoint and self.training:
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        b, c, *spatial = x.shape
+        flat = x.reshape(b, c, -1)
+        qkv = self.qkv(self.norm(flat)).reshape(b, self.num_heads, 3 * c // self.num_heads, -1)
+        q, k, v = (part.transpose(-1, -2) for part in qkv.chunk(3, 2))  # (B, heads, T, ch)
+        h = F.scaled_dot_product_attention(q, k, v).transpose(-1, -2).reshape(b, c, -1)
+        return (flat + self.proj_out(h)).reshape(b, c, *spatial)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int, use_conv: bool):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv else nn.AvgPool2d(2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int, use_conv: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if use_conv else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return x if self.conv is None else self.conv(x)
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """A sequence of layers; residual blocks also receive the time embedding."""
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    def __init__(
+        self,
+        input_adapter: nn.Module,
+        output_adapter: nn.Module,
+        image_size: int = 32,
+        in_channels: int = 3,
+        model_channels: int = 128,
+        out_channels: int = 128,
+        num_res_blocks: int = 3,
+        attention_resolutions: Sequence[int] = (8, 16),
+        dropout: float = 0.0,
+        channel_mult: Sequence[int] = (1, 2, 2, 2),
+        conv_resample: bool = True,
+        dims: int = 2,
+        skip: bool = True,
+        use_checkpoint: bool = False,
+        num_heads: int = 4,
+        num_heads_upsample: int = -1,
+        use_scale_shift_norm: bool = False,
+        project_input: bool = False,
+    ):
+        super().__init__()
+        if dims != 2:
+            raise ValueError("only 2-D images are supported (dims=2)")
+        if model_channels % 32:
+            raise ValueError("model_channels must be a multiple of 32 (GroupNorm with 32 groups)")
+        self.input_adapter = input_adapter
+        self.output_adapter = output_adapter
+        self.image_size, self.in_channels, self.model_channels = image_size, in_channels, model_channels
+        self.skip = skip
+        heads_up = num_heads if num_heads_upsample == -1 else num_heads_upsample
+        self.input_projection = nn.Linear(in_channels, model_channels) if project_input else None
+        first = model_channels if project_input else in_channels
+        emb = 4 * model_channels
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb), nn.SiLU(), nn.Linear(emb, emb))
+
+        def res(ch_in, ch_out=None):
+            return ResBlock(ch_in, emb, dropout, ch_out, use_scale_shift_norm, use_checkpoint)
+
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(first, model_channels, 3, padding=1))])
+        skip_channels = [model_channels]
+        ch, scale = model_channels, 1  # scale: the down-sampling factor so far
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [res(ch, mult * model_channels)]
+                ch = mult * model_channels
+                if scale in attention_resolutions:
+                    layers.append(AttentionBlock(ch, num_heads, use_checkpoint))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                skip_channels.append(ch)
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch, conv_resample)))
+                skip_channels.append(ch)
+                scale *= 2
+        self.middle_block = TimestepEmbedSequential(res(ch), AttentionBlock(ch, num_heads, use_checkpoint), res(ch))
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [res(ch + skip_channels.pop(), model_channels * mult)]
+                ch = model_channels * mult
+                if scale in attention_resolutions:
+                    layers.append(AttentionBlock(ch, heads_up, use_checkpoint))
+                if level and i == num_res_blocks:
+                    layers.append(Upsample(ch, conv_resample))
+                    scale //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+        self.out = nn.Sequential(
+            GroupNorm32(ch), nn.SiLU(), _zeroed(nn.Conv2d(model_channels, out_channels, 3, padding=1))
+        )
+
+    def forward(self, data: Tensor, t: Tensor) -> Tensor:
+        b, s = data.shape[0], self.image_size
+        x = self.input_adapter(data, t).reshape(b, s, s, self.in_channels)
+        if self.input_projection is not None:
+            x = self.input_projection(x)
+        emb = self.time_embed(timestep_embedding(t.reshape(b, -1)[:, 0] * 4000, self.model_channels))
+        h = x.permute(0, 3, 1, 2)
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], 1), emb)
+        features = self.out(h).permute(0, 2, 3, 1).reshape(b, s * s, -1)
+        if self.skip:
+            features = torch.cat([x.reshape(b, s * s, -1), features], -1)
+        return self.output_adapter(features)

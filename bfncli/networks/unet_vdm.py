@@ -1,0 +1,176 @@
+"""The U-Net of Variational Diffusion Models (Kingma et al. 2021), as the BFN paper uses it for
+CIFAR-10: no down-sampling (every block works at full resolution), a ResNet-attention-ResNet
+middle, Fourier features of the input, and the input concatenated to the features before the
+output adapter. Parameter names follow the released checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _zeroed(module: nn.Module) -> nn.Module:
+    """Start a residual branch at zero, so that every block begins as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def time_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of 1000 (t + 0.001): timescales from 1 to 10^4, sin then cos."""
+    steps = (t.float() + 0.001) * 1000.0
+    inv_timescales = torch.logspace(0, -4, dim // 2, device=t.device)
+    angles = steps[:, None] * inv_timescales[None, :]
+    return torch.cat([angles.sin(), angles.cos()], 1)
+
+
+class FourierFeatures(nn.Module):
+    """sin and cos of 2 pi 2^n x for n in {5, 6}: fine detail the first convolution can use."""
+
+    exponents = (5.0, 6.0)
+
+    @property
+    def num_features(self) -> int:
+        return 2 * len(self.exponents)
+
+    def forward(self, x: Tensor) -> Tensor:
+        freqs = torch.tensor([2.0**n * 2 * math.pi for n in self.exponents], dtype=x.dtype, device=x.device)
+        angles = (freqs.view(1, -1, 1, 1, 1) * x.unsqueeze(1)).flatten(1, 2)  # (B, F*C, H, W)
+        return torch.cat([angles.sin(), angles.cos()], 1)
+
+
+class ResnetBlock(nn.Module):
+    """GroupNorm-SiLU-conv, plus a projection of the time conditioning, then GroupNorm-SiLU-
+    dropout-conv (zero-initialised), added to the input."""
+
+    def __init__(self, ch_in: int, ch_out: int, condition_dim: int, dropout_prob: float, norm_groups: int):
+        super().__init__()
+        self.net1 = nn.Sequential(nn.GroupNorm(norm_groups, ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1))
+        self.cond_proj = _zeroed(nn.Linear(condition_dim, ch_out, bias=False))
+        self.net2 = nn.Sequential(
+            nn.GroupNorm(norm_groups, ch_out), nn.SiLU(), nn.Dropout(dropout_prob),
+            _zeroed(nn.Conv2d(ch_out, ch_out, 3, padding=1)),
+        )
+        self.skip_conv = nn.Conv2d(ch_in, ch_out, 1) if ch_in != ch_out else None
+
+    def forward(self, x: Tensor, condition: Tensor) -> Tensor:
+        h = self.net1(x) + self.cond_proj(condition)[:, :, None, None]
+        h = self.net2(h)
+        return (x if self.skip_conv is None else self.skip_conv(x)) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over pixels; q, k, v are stacked along channels as (3, heads, ch)."""
+
+    def __init__(self, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+
+    def forward(self, qkv: Tensor) -> Tensor:
+        b, width, h, w = qkv.shape
+        ch = width // (3 * self.n_heads)
+        q, k, v = (part.reshape(b, self.n_heads, ch, h * w).transpose(-1, -2) for part in qkv.chunk(3, 1))
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, ch)
+        return out.transpose(-1, -2).reshape(b, self.n_heads * ch, h, w)
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, n_heads: int, n_channels: int, norm_groups: int):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.GroupNorm(norm_groups, n_channels),
+            nn.Conv2d(n_channels, 3 * n_channels, 1),
+            Attention(n_heads),
+            _zeroed(nn.Conv2d(n_channels, n_channels, 1)),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.layers(x)
+
+
+class UpDownBlock(nn.Module):
+    def __init__(self, resnet_block: ResnetBlock, attention_block: AttentionBlock | None):
+        super().__init__()
+        self.resnet_block = resnet_block
+        self.attention_block = attention_block
+
+    def forward(self, x: Tensor, condition: Tensor) -> Tensor:
+        x = self.resnet_block(x, condition)
+        return x if self.attention_block is None else self.attention_block(x)
+
+
+class UNetVDM(nn.Module):
+    def __init__(
+        self,
+        input_adapter: nn.Module,
+        output_adapter: nn.Module,
+        embedding_dim: int = 128,
+        n_blocks: int = 32,
+        n_attention_heads: int = 1,
+        dropout_prob: float = 0.1,
+        norm_groups: int = 32,
+        input_channels: int = 3,
+        use_fourier_features: bool = True,
+        attention_everywhere: bool = False,
+        image_size: int = 32,
+    ):
+        super().__init__()
+        if embedding_dim % norm_groups or embedding_dim % n_attention_heads:
+            raise ValueError("embedding_dim must be a multiple of norm_groups and of n_attention_heads")
+        self.input_adapter = input_adapter
+        self.output_adapter = output_adapter
+        self.image_size, self.input_channels, self.embedding_dim = image_size, input_channels, embedding_dim
+        self.fourier_features = FourierFeatures() if use_fourier_features else None
+        cond = 4 * embedding_dim
+        self.embed_conditioning = nn.Sequential(
+            nn.Linear(embedding_dim, cond), nn.SiLU(), nn.Linear(cond, cond), nn.SiLU()
+        )
+        in_ch = input_channels * (1 + (self.fourier_features.num_features if use_fourier_features else 0))
+        self.conv_in = nn.Conv2d(in_ch, embedding_dim, 3, padding=1)
+
+        def resnet(ch_in: int) -> ResnetBlock:
+            return ResnetBlock(ch_in, embedding_dim, cond, dropout_prob, norm_groups)
+
+        def attention() -> AttentionBlock:
+            return AttentionBlock(n_attention_heads, embedding_dim, norm_groups)
+
+        def maybe_attention():
+            return attention() if attention_everywhere else None
+
+        self.down_blocks = nn.ModuleList(UpDownBlock(resnet(embedding_dim), maybe_attention()) for _ in range(n_blocks))
+        self.mid_resnet_block_1 = resnet(embedding_dim)
+        self.mid_attn_block = attention()
+        self.mid_resnet_block_2 = resnet(embedding_dim)
+        # Each up block also sees the matching down activation (skip connection): twice the channels.
+        self.up_blocks = nn.ModuleList(
+            UpDownBlock(resnet(2 * embedding_dim), maybe_attention()) for _ in range(n_blocks + 1)
+        )
+        self.conv_out = nn.Sequential(
+            nn.GroupNorm(norm_groups, embedding_dim), nn.SiLU(),
+            _zeroed(nn.Conv2d(embedding_dim, embedding_dim, 3, padding=1)),
+        )
+
+    def forward(self, data: Tensor, t: Tensor) -> Tensor:
+        b, s = data.shape[0], self.image_size
+        x = self.input_adapter(data, t).reshape(b, s, s, self.input_channels)
+        condition = self.embed_conditioning(time_embedding(t.reshape(b, -1)[:, 0], self.embedding_dim))
+        h = x.permute(0, 3, 1, 2)
+        if self.fourier_features is not None:
+            h = torch.cat([h, self.fourier_features(h)], 1)
+        h = self.conv_in(h)
+        skips = []
+        for block in self.down_blocks:
+            skips.append(h)
+            h = block(h, condition)
+        skips.append(h)
+        h = self.mid_resnet_block_1(h, condition)
+        h = self.mid_attn_block(h)
+        h = self.mid_resnet_block_2(h, condition)
+        for block in self.up_blocks:
+            h = block(torch.cat([h, skips.pop()], 1), condition)
+        features = self.conv_out(h).permute(0, 2, 3, 1).reshape(b, s * s, -1)
+        return self.output_adapter(torch.cat([x.reshape(b, s * s, -1), features], -1))
