@@ -43,14 +43,16 @@ class Section(BaseModel):
 class DataConfig(Section):
     """Which data to train and evaluate on, and where its files live."""
 
-    dataset: Literal["mnist", "cifar10", "text8", "digits", "images", "text", "tensor"] = Field(
+    dataset: Literal["mnist", "cifar10", "text8", "digits", "pyhelp", "images", "text", "tensor"] = Field(
         "digits",
-        description="mnist (dynamically binarized), cifar10, text8, digits (embedded, no download), "
-        "or your own data: images (a folder), text (a file), tensor (.safetensors/.npy)",
+        description="mnist (dynamically binarized), cifar10, text8; embedded (no download): digits (8x8 "
+        "handwritten digits), pyhelp (Python's help text); your own: images (a folder), text (a file), "
+        "tensor (.safetensors/.npy)",
     )
     path: Optional[Path] = Field(None, description="your own data: an image folder, a text file or a tensor file")
     data_dir: Path = Field(Path("data"), description="where the paper's datasets are kept and downloaded to")
     download: bool = Field(True, description="download missing dataset files (False: fail instead)")
+    mirrors: list[str] = Field([], description="base URLs tried before the canonical sources, e.g. a local server")
     num_bins: int = Field(256, ge=2, le=256, description="discretized images: number of bins per channel")
     horizontal_flip: bool = Field(False, description="images: random horizontal flips of training examples")
     seq_len: int = Field(256, ge=1, description="text: characters per example")
@@ -250,7 +252,8 @@ class SampleConfig(Section):
 
 # ---------------------------------------------------------------------------------------- root
 _FLOW_OUTPUTS = {"continuous": ("discretized_normal", "delta"), "discrete": ("bernoulli", "categorical")}
-_DATASET_FLOW = {"mnist": "discrete", "text8": "discrete", "text": "discrete", "cifar10": "continuous"}
+_DATASET_FLOW = {"mnist": "discrete", "text8": "discrete", "text": "discrete", "pyhelp": "discrete",
+                 "cifar10": "continuous", "digits": "continuous", "images": "continuous"}
 
 
 class BFNConfig(BaseSettings):
@@ -293,7 +296,7 @@ class BFNConfig(BaseSettings):
             raise ValueError(f"data.dataset '{data.dataset}' needs a {expected_flow} flow, not flow.kind '{flow.kind}'")
         if data.dataset == "mnist" and (flow.kind != "discrete" or flow.n_classes != 2):
             raise ValueError("data.dataset 'mnist' is binarized: it needs flow.n_classes=2")
-        if data.dataset in ("text8", "text") and (flow.kind != "discrete" or flow.n_classes != 27):
+        if data.dataset in ("text8", "text", "pyhelp") and (flow.kind != "discrete" or flow.n_classes != 27):
             raise ValueError(f"data.dataset '{data.dataset}' has 27 characters: it needs flow.n_classes=27")
         if out.kind == "discretized_normal" and data.dataset in ("cifar10", "images", "digits"):
             if out.num_bins != data.num_bins:
@@ -305,7 +308,7 @@ class BFNConfig(BaseSettings):
                 raise ValueError("network.input_adapter.vocab_size must equal network.vocab_size")
             if net.input_adapter.output_size != net.n_embd:
                 raise ValueError("network.input_adapter.output_size must equal network.n_embd")
-            if data.dataset in ("text8", "text") and net.input_adapter.seq_len != data.seq_len:
+            if data.dataset in ("text8", "text", "pyhelp") and net.input_adapter.seq_len != data.seq_len:
                 raise ValueError(
                     f"network.input_adapter.seq_len ({net.input_adapter.seq_len}) must equal "
                     f"data.seq_len ({data.seq_len})"

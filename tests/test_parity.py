@@ -10,6 +10,7 @@ from conftest import CONFORMANCE, FIXTURES, run_bfn
 from safetensors.torch import load_file
 
 from bfncli.checkpoint import load_model, read_info
+from bfncli.config import resolve_config
 
 # The official `test.py` draws per repeat one loss and one reconstruction estimate; our estimate of
 # the same quantity must agree within a few combined standard errors.
@@ -94,7 +95,6 @@ def _random_official_state(manifest: dict) -> dict:
 
 
 def _few_examples(preset: str, path):
-    from bfncli.config import resolve_config
     from bfncli.model import data_shape
 
     cfg = resolve_config(preset, environ={})
@@ -123,9 +123,9 @@ def test_released_layouts_convert_with_their_preset_and_evaluate(manifest_name, 
     assert result.returncode == 0, result.stderr
     assert f"preset '{preset}'" in result.stderr
     info = read_info(target)
-    assert info.config == __import__("bfncli.config", fromlist=["x"]).resolve_config(preset, environ={})
-    tensors = load_file(str(target))
-    assert sum(t.numel() for t in tensors.values()) == manifests[manifest_name]["n_params"]
+    assert info.config == resolve_config(preset, environ={})
+    model, _ = load_model(target)
+    assert sum(p.numel() for p in model.parameters()) == manifests[manifest_name]["n_params"]  # buffers excluded
     data = _few_examples(preset, tmp_path / "data.safetensors")
     result = run_bfn("eval", "--checkpoint", target, "--data", data, "--repeats", 1, "--json")
     assert result.returncode == 0, result.stderr

@@ -18,17 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bfncli.flows.distributions import Bernoulli, Categorical, normal_log_density
+from bfncli.flows.distributions import MIX_EPS, Bernoulli, Categorical, normal_log_density
 
 MAX_T = 1 - 1e-6  # the flow is sampled with t clamped here
 MIN_SQRT_BETA = 1e-10  # below this the flow's theta is exactly uniform
 
 OutputDist = Union[Bernoulli, Categorical]
-
-
-def log1mexp(log_p: Tensor) -> Tensor:
-    """log(1 - p) from log p, accurate for p near 0 and near 1."""
-    return torch.where(log_p > -math.log(2), torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
 
 
 class DiscreteFlow:
@@ -128,7 +123,12 @@ class DiscreteFlow:
         alpha = self.step_alpha(i, n_steps).expand_as(x).unsqueeze(-1)
         std = (alpha * k).sqrt()
         sender_mean = alpha * self._sender_mean(x)
-        log_p = dist.log_probs
+        # Mixture weights as torch.distributions (and so the official code) uses them: floored at
+        # eps and renormalised. log_rest: the log of the total weight of the other classes.
+        clamped = dist.probs.clamp(min=MIX_EPS, max=1 - MIX_EPS)
+        total_weight = clamped.sum(-1, keepdim=True)
+        log_p = clamped.log() - total_weight.log()
+        log_rest = (total_weight - clamped).log() - total_weight.log()
         hit, miss = alpha * (k - 1), -alpha
         total = torch.zeros_like(x, dtype=torch.float32)
         for _ in range(self.kl_samples):
@@ -137,7 +137,7 @@ class DiscreteFlow:
             log_hit = normal_log_density(y, hit, std)
             log_miss = normal_log_density(y, miss, std)
             if self.discrete_time_kl == "official":
-                log_receiver = torch.logaddexp(log_p + log_hit, log1mexp(log_p) + log_miss).sum(-1)
+                log_receiver = torch.logaddexp(log_p + log_hit, log_rest + log_miss).sum(-1)
             else:
                 log_receiver = log_miss.sum(-1) + torch.logsumexp(log_p + log_hit - log_miss, -1)
             total = total + (log_sender - log_receiver)

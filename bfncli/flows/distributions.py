@@ -21,6 +21,17 @@ EXP_RANGE = 10.0  # log-std outputs are clamped to [-10, 10] before exp
 MIN_STD, MAX_STD = 1e-3, 10.0  # discretized normal std clamp
 MIN_PROB = 1e-5  # below this a bin's log-probability falls back to the density at its centre
 
+# torch.distributions clamps mixture weights given as probabilities to [eps, 1 - eps] (and
+# renormalises); the official discrete-time losses inherit that floor, so ours apply it too.
+MIX_EPS = torch.finfo(torch.float32).eps
+
+
+def mixture_log_weights(probs: Tensor) -> Tensor:
+    """log of mixture weights floored at MIX_EPS and renormalised, over the last dimension."""
+    clamped = probs.clamp(min=MIX_EPS, max=1 - MIX_EPS)
+    return clamped.log() - clamped.sum(-1, keepdim=True).log()
+
+
 # Element budget for one chunk of a (..., K) computation: 2**24 float32 = 64 MiB.
 CHUNK_ELEMENTS = 2**24
 

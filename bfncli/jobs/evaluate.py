@@ -85,7 +85,7 @@ def estimate(model, examples, n_steps: int, repeats: int, batch_size: int, seed:
     mine = [r for r in range(repeats) if r % runtime.world_size == runtime.rank and r not in done]
     if progress and done:
         sys.stderr.write(f"resuming: {min(len(done), repeats)} of {repeats} repeats already done\n")
-    bar = tqdm(total=len(mine) * len(starts), desc="eval", unit="batch", file=sys.stderr, disable=not progress,
+    bar = tqdm(total=len(mine) * len(starts), desc="eval", unit="batch", file=sys.stderr, disable=None if progress else True,
                dynamic_ncols=True)
     device = runtime.device
     for r in mine:

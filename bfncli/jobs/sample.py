@@ -103,7 +103,8 @@ def run_sample(
     outputs, traj_in, traj_pred = [], [], []
     from tqdm import tqdm
 
-    bar = tqdm(total=steps * math.ceil(n / chunk), desc="sample", unit="step", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=steps * math.ceil(n / chunk), desc="sample", unit="step", file=sys.stderr, dynamic_ncols=True,
+               disable=None)
     for first in range(0, n, chunk):
         count = min(chunk, n - first)
         noise = SampleNoise(seed, first, count, runtime.device)

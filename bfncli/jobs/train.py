@@ -360,7 +360,7 @@ class Trainer:
         if t.trackers:
             self.accelerator.init_trackers(self.run_dir.name, config=self.cfg.to_dict())
         bar = tqdm(total=t.steps, initial=state["step"], desc=self.run_dir.name, unit="step", file=sys.stderr,
-                   disable=not main, dynamic_ncols=True)
+                   disable=None if main else True, dynamic_ncols=True)
         metrics_file = self.run_dir / "metrics.jsonl"
         clock, clock_step = time.perf_counter(), state["step"]
         last_saved = state["step"] if start_path is not None else -1

@@ -1,0 +1,138 @@
+"""Datasets: the paper's (binarized MNIST, CIFAR-10, text8), the embedded ones, and the user's own.
+
+``load_split(cfg.data, "train" | "val" | "test")`` returns an example set (see
+:mod:`bfncli.data.examples`); ``data_spec(cfg.data)`` says what the examples are without loading
+them all. Every problem a user can cause raises :class:`~bfncli.errors.UserError`.
+
+Splits:
+- MNIST, CIFAR-10: the official test set; the training set split 99/1 into train/validation with
+  the official code's generator seed (2147483647), so validation numbers are comparable.
+- text8: the first 90M characters train, the next 5M validation, the last 5M test; every window
+  of ``seq_len`` characters is an example, as in the official code.
+- digits (embedded): 85% train, 5% validation, 10% test, fixed.
+- pyhelp (embedded) and your own text: split 90/5/5 like text8.
+- your own images: ``val_frac`` held out for validation, which is also the test split.
+- your own tensor file: ``val_frac`` held out for validation; ``bfn eval`` evaluates the whole file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from bfncli.data import formats
+from bfncli.data.examples import (
+    ALPHABET,
+    BinaryImages,
+    DataSpec,
+    DiscretizedImages,
+    Subset,
+    TensorExamples,
+    TextWindows,
+    decode_text,
+    encode_text,
+    holdout,
+)
+from bfncli.errors import UserError
+
+Split = Literal["train", "val", "test"]
+VISION_SPLIT_SEED = 2147483647  # the official code's validation split generator seed
+
+__all__ = ["load_split", "data_spec", "DataSpec", "decode_text", "encode_text", "ALPHABET"]
+
+
+def data_spec(cfg) -> DataSpec:
+    """What one example is, cheaply."""
+    name = cfg.dataset
+    if name == "mnist":
+        return DataSpec("binary", (28, 28, 1), n_classes=2)
+    if name == "cifar10":
+        return DataSpec("discretized", (32, 32, 3), num_bins=cfg.num_bins)
+    if name == "digits":
+        return DataSpec("discretized", (8, 8, 1), num_bins=cfg.num_bins)
+    if name in ("text8", "pyhelp", "text"):
+        if name == "text":
+            _user_path(cfg)
+        return DataSpec("text", (cfg.seq_len,), n_classes=27)
+    if name == "images":
+        return formats.image_folder_spec(_user_path(cfg), cfg.num_bins)
+    return load_split(cfg, "test").spec  # tensor files: the header is all there is
+
+
+def load_split(cfg, split: Split):
+    """The examples of one split of the configured dataset."""
+    if split not in ("train", "val", "test"):
+        raise ValueError(split)
+    name = cfg.dataset
+    if name in ("mnist", "cifar10"):
+        return _vision(cfg, split)
+    if name == "digits":
+        images = formats.embedded_digits()
+        train, val, test = holdout(images.shape[0], (0.85, 0.05, 0.10), seed=VISION_SPLIT_SEED)
+        examples = DiscretizedImages(images.unsqueeze(-1), cfg.num_bins, levels=16,
+                                     flip=False)
+        return Subset(examples, {"train": train, "val": val, "test": test}[split])
+    if name == "text8":
+        return _text(formats.text8_split(Path(cfg.data_dir), split, cfg.download, cfg.mirrors), cfg, split)
+    if name == "pyhelp":
+        return _text(_split_90_5_5(formats.python_help_text(), split), cfg, split)
+    if name == "text":
+        return _text(_split_90_5_5(formats.read_text_file(_user_path(cfg)), split), cfg, split)
+    if name == "images":
+        pixels = formats.read_image_folder(_user_path(cfg))
+        examples = DiscretizedImages(pixels, cfg.num_bins, flip=cfg.horizontal_flip and split == "train")
+        train, val = holdout(len(examples), _fractions(len(examples), cfg.val_frac), seed=VISION_SPLIT_SEED)
+        return Subset(examples, train if split == "train" else val)
+    if name == "tensor":
+        examples = formats.read_tensor_file(_user_path(cfg), cfg.num_bins)
+        if split == "test":
+            return examples
+        train, val = holdout(len(examples), _fractions(len(examples), cfg.val_frac), seed=VISION_SPLIT_SEED)
+        return Subset(examples, train if split == "train" else val)
+    raise UserError(f"unknown dataset '{name}'")
+
+
+def _user_path(cfg) -> Path:
+    if cfg.path is None:
+        raise UserError(f"data.dataset '{cfg.dataset}' needs a path: pass --data PATH (or set data.path)")
+    path = Path(cfg.path)
+    if not path.exists():
+        raise UserError(f"--data '{path}' does not exist")
+    return path
+
+
+def _fractions(n: int, val_frac: float) -> tuple[float, float]:
+    if n < 2:
+        raise UserError(f"the data has {n} example(s); at least 2 are needed to hold one out for validation")
+    val = max(val_frac, 1.0 / n)  # at least one validation example
+    return (1 - val, val)
+
+
+def _vision(cfg, split: Split):
+    root = Path(cfg.data_dir)
+    train_part = split in ("train", "val")
+    if cfg.dataset == "mnist":
+        grey = formats.mnist_images(root, "train" if train_part else "test", cfg.download, cfg.mirrors)
+        examples = BinaryImages(grey)
+    else:
+        pixels = formats.cifar10_images(root, "train" if train_part else "test", cfg.download, cfg.mirrors)
+        examples = DiscretizedImages(pixels, cfg.num_bins, flip=cfg.horizontal_flip and split == "train")
+    if not train_part:
+        return examples
+    train, val = holdout(len(examples), (1 - cfg.val_frac, cfg.val_frac), seed=VISION_SPLIT_SEED)
+    return Subset(examples, train if split == "train" else val)
+
+
+def _split_90_5_5(codes: torch.Tensor, split: Split) -> torch.Tensor:
+    n = codes.numel()
+    a, b = int(n * 0.9), int(n * 0.95)
+    return {"train": codes[:a], "val": codes[a:b], "test": codes[b:]}[split]
+
+
+def _text(codes: torch.Tensor, cfg, split: Split):
+    if codes.numel() <= cfg.seq_len:
+        raise UserError(f"the {split} split of the text has {codes.numel()} characters, fewer than one sequence "
+                        f"of data.seq_len={cfg.seq_len}; use more text or a shorter data.seq_len")
+    return TextWindows(codes, cfg.seq_len)
