@@ -136,6 +136,8 @@ def encode_text(text: str) -> Tensor:
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
     clean = re.sub(r"[^a-z]+", " ", ascii_text).strip()
     table = bytes.maketrans(b" abcdefghijklmnopqrstuvwxyz", bytes(range(27)))
+    if not clean:
+        return torch.zeros(0, dtype=torch.uint8)
     return torch.frombuffer(bytearray(clean.encode().translate(table)), dtype=torch.uint8).clone()
 
 

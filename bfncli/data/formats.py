@@ -119,7 +119,8 @@ def check_text8_zip(path: Path) -> Optional[str]:
 def text8_split(root: Path, split: str, download: bool, mirrors: list[str]) -> Tensor:
     """text8 as uint8 codes, split 90/5/5 (cached beside the zip as raw bytes)."""
     directory = root / "text8"
-    bounds = {"train": (0, 90_000_000), "val": (90_000_000, 95_000_000), "test": (95_000_000, 100_000_000)}
+    n = TEXT8_CHARS
+    bounds = {"train": (0, n * 9 // 10), "val": (n * 9 // 10, n * 19 // 20), "test": (n * 19 // 20, n)}
     lo, hi = bounds[split]
     cached = _read_cache(directory / f"{split}.safetensors", (hi - lo,))
     if cached is not None:
