@@ -86,6 +86,7 @@ def save_training_checkpoint(
     optimizer: torch.optim.Optimizer,
     info: dict[str, Any],
     keep: int,
+    before_commit=None,
 ) -> Saved:
     """Write, flush and atomically commit a checkpoint; then prune old ones (keeping ``keep``)."""
     from safetensors.torch import save_file
@@ -109,6 +110,8 @@ def save_training_checkpoint(
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
         save_file(tensors, str(tmp / STATE_TENSORS), metadata=metadata_for(cfg, "training-state", step))
         (tmp / STATE_JSON).write_text(json.dumps({"step": step, "optimizer": opt_plain, **info}, indent=1))
+        if before_commit is not None:  # fault injection in tests: the directory is half-written here
+            before_commit()
         for name in (STATE_TENSORS, STATE_JSON):
             _fsync(tmp / name)
         manifest = {"step": step, "files": {n: {"sha256": _sha256(tmp / n), "bytes": (tmp / n).stat().st_size}

@@ -40,7 +40,7 @@ def setup(deterministic: bool = False) -> Runtime:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        state = PartialState()
+        state = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes: gloo
         return Runtime(state.device, state.process_index, state.num_processes)
     return Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 

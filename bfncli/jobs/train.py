@@ -43,6 +43,34 @@ RESUMABLE_CHANGES = (
 LARGE_DATASET = 10_000_000  # above this many examples, draw indices at random instead of epoch permutations
 
 
+class Faults:
+    """Fault injection for bfn's own tests, from the BFN_FAULT variable (never set in normal use):
+    ``kill:S:M`` SIGKILLs the process in step S before micro-step M; ``kill-save:S`` while step S's
+    checkpoint is half-written; ``nan:S1,S2,...`` makes those steps' losses NaN; ``check-sync``
+    verifies after every step that all processes hold identical parameters."""
+
+    def __init__(self, spec: str):
+        self.kill, self.kill_save, self.nan = None, None, set()
+        self.check_sync = "check-sync" in spec.split(";")
+        for part in filter(None, spec.split(";")):
+            kind, _, arg = part.partition(":")
+            if kind == "kill":
+                step, _, micro = arg.partition(":")
+                self.kill = (int(step), int(micro or 0))
+            elif kind == "kill-save":
+                self.kill_save = int(arg)
+            elif kind == "nan":
+                self.nan = {int(s) for s in arg.split(",")}
+
+    def at_micro_step(self, step: int, micro: int) -> None:
+        if self.kill == (step, micro):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def during_save(self, step: int) -> None:
+        if self.kill_save == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def mix(*parts: Any) -> int:
     """A 63-bit seed from any tuple of values (stable across runs and machines)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
@@ -244,6 +272,7 @@ class Trainer:
                             f"({runtime.world_size} x {t.accumulate})")
         self.micro_batch = t.batch_size // per_step
         self.order = DataOrder(len(train_set), t.batch_size, self.micro_batch, t.seed)
+        self.faults = Faults(os.environ.get("BFN_FAULT", ""))
 
     # ---------------------------------------------------------------------------- set-up
     def _build(self):
@@ -258,7 +287,7 @@ class Trainer:
                 sys.stderr.write(f"note: train.mixed_precision={precision} needs a GPU; training in float32\n")
             precision = "no"
         self.accelerator = Accelerator(mixed_precision=precision, log_with=t.trackers or None,
-                                       project_dir=str(self.run_dir))
+                                       project_dir=str(self.run_dir), cpu=not torch.cuda.is_available())
         torch.manual_seed(t.seed)  # initial weights: the same on every process
         model = BFN(self.cfg)
         self.ema = copy.deepcopy(model).requires_grad_(False).eval()
@@ -325,8 +354,10 @@ class Trainer:
         flow_gen = torch.Generator(device=self.accelerator.device).manual_seed(mix(self.cfg.train.seed, "flow", step,
                                                                                    slot))
         torch.manual_seed(mix(self.cfg.train.seed, "dropout", step, slot))  # dropout inside the network
+        self.faults.at_micro_step(step, micro)
         with self.accelerator.autocast():
-            return self.model(x, self.cfg.train.loss_steps, flow_gen)
+            loss = self.model(x, self.cfg.train.loss_steps, flow_gen)
+        return loss * float("nan") if step in self.faults.nan else loss
 
     def _step(self, step: int) -> dict[str, Any]:
         """One optimizer step (with accumulation). Returns its metrics; skips non-finite steps."""
@@ -370,6 +401,8 @@ class Trainer:
                 step = state["step"]
                 m = self._step(step)
                 state["step"] = step + 1
+                if self.faults.check_sync:
+                    self._check_sync(step + 1)
                 if m["finite"]:
                     state["nonfinite_streak"] = 0
                 else:
@@ -413,6 +446,14 @@ class Trainer:
             sys.stderr.write(f"done: {state['step']} steps; EMA weights in {release}\n")
         return release
 
+    def _check_sync(self, step: int) -> None:
+        """Every process must hold the same weights and EMA (fault-injection check, see Faults)."""
+        digest = torch.stack([torch.stack([p.detach().double().sum() for p in params]).sum()
+                              for params in (self.params, self.ema_params)])
+        everyone = self.accelerator.gather(digest.to(self.accelerator.device).unsqueeze(0))
+        if not torch.equal(everyone.min(0).values, everyone.max(0).values):
+            raise RuntimeError(f"processes disagree on the weights after step {step}: {everyone.tolist()}")
+
     def _agree(self, flag: bool) -> bool:
         """Every process stops at the same step if any of them was signalled."""
         if self.runtime.world_size == 1:
@@ -426,7 +467,8 @@ class Trainer:
             info["data_position"] = self.order.position(step)
             save_training_checkpoint(self.run_dir, step, self.cfg, self.unwrapped.net.state_dict(),
                                      self.ema.net.state_dict(), _inner(self.optimizer), info,
-                                     keep=self.cfg.train.keep_checkpoints)
+                                     keep=self.cfg.train.keep_checkpoints,
+                                     before_commit=lambda: self.faults.during_save(step))
         self.accelerator.wait_for_everyone()
 
     def _validate(self, step: int, state: dict[str, Any], metrics_file: Path) -> None:

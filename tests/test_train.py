@@ -1,0 +1,154 @@
+"""Training through the real CLI on tiny configurations: exact resume after SIGKILL at awkward
+moments, signals, non-finite steps, two processes, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import assert_one_line_error, run_bfn
+from safetensors.torch import load_file, save_file
+
+# A very small network on 20 examples in batches of 8: epochs end mid-step and on step boundaries.
+TINY = ["--set", "network.embedding_dim=16", "--set", "network.n_blocks=1", "--set", "network.norm_groups=4",
+        "--set", "network.output_adapter.input_height=17", "--set", "train.batch_size=8",
+        "--set", "train.checkpoint_every=4", "--set", "train.val_every=1000", "--set", "network.dropout_prob=0.1"]
+
+
+@pytest.fixture
+def work(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randint(0, 16, (20, 8, 8, 1), generator=g).float() * 2 + 1) / 16 - 1
+    save_file({"data": data}, str(tmp_path / "tiny.safetensors"))
+    return tmp_path
+
+
+def train(work, name, *extra, env=None, steps=10):
+    return run_bfn("train", *TINY, "--data", work / "tiny.safetensors", "--runs-dir", work / "runs",
+                   "--run-name", name, "--max-steps", steps, *extra, env=env, cwd=work)
+
+
+def final_state(work, name, step=10):
+    return load_file(str(work / "runs" / name / "checkpoints" / f"step-{step:08d}" / "state.safetensors"))
+
+
+def losses(work, name):
+    lines = (work / "runs" / name / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if "loss" in r]
+
+
+def assert_same_run(work, a, b):
+    sa, sb = final_state(work, a), final_state(work, b)
+    assert sa.keys() == sb.keys() and any(k.startswith("optim.") for k in sa)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key  # weights, EMA and optimizer state, bit for bit
+    assert losses(work, a) == losses(work, b)
+
+
+@pytest.fixture
+def reference(work):
+    result = train(work, "ref")
+    assert result.returncode == 0, result.stderr
+    return work
+
+
+@pytest.mark.parametrize("fault,extra", [
+    ("kill:6:0", []),  # mid-epoch (epochs are 2.5 steps long), after the step-4 checkpoint
+    ("kill:5:0", []),  # right at an epoch boundary (step 5 starts at example 40 = 2 epochs)
+    ("kill-save:8", []),  # while the step-8 checkpoint is half-written
+])
+def test_resume_after_sigkill_is_bit_for_bit(reference, fault, extra):
+    work = reference
+    killed = train(work, "cut", *extra, env={"BFN_FAULT": fault})
+    assert killed.returncode == -signal.SIGKILL
+    resumed = train(work, "cut", "--resume", "auto", *extra)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming cut from step" in resumed.stderr
+    assert_same_run(work, "ref", "cut")
+
+
+def test_resume_mid_accumulation_is_bit_for_bit(work):
+    acc = ["--set", "train.accumulate=2"]
+    assert train(work, "ref2", *acc).returncode == 0
+    assert train(work, "cut2", *acc, env={"BFN_FAULT": "kill:6:1"}).returncode == -signal.SIGKILL
+    assert train(work, "cut2", *acc, "--resume", "auto").returncode == 0
+    assert_same_run(work, "ref2", "cut2")
+
+
+def test_damaged_newest_checkpoint_is_skipped_by_name(reference):
+    work = reference
+    newest = work / "runs" / "ref" / "checkpoints" / "step-00000010" / "state.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-10])
+    result = train(work, "ref", "--resume", "auto", steps=12)
+    assert result.returncode == 0, result.stderr
+    assert "skipping damaged checkpoint step-00000010: state.safetensors does not match its checksum" in result.stderr
+    assert "from step 8" in result.stderr
+
+
+def test_sigterm_checkpoints_and_exits_143(work):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bfncli", "train", *TINY, "--data", str(work / "tiny.safetensors"),
+         "--runs-dir", str(work / "runs"), "--run-name", "term", "--max-steps", "100000"],
+        stderr=subprocess.PIPE, text=True, cwd=work, env={k: v for k, v in os.environ.items() if k != "BFN_FAULT"})
+    metrics = work / "runs" / "term" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    saved = sorted((work / "runs" / "term" / "checkpoints").glob("step-*"))
+    last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert saved and saved[-1].name == f"step-{last_logged:08d}"
+    assert (saved[-1] / "manifest.json").exists()
+
+
+def test_non_finite_steps_are_skipped_then_stop(work):
+    result = train(work, "nan", env={"BFN_FAULT": "nan:2"})
+    assert result.returncode == 0, result.stderr
+    assert "step 3: non-finite loss or gradients; step skipped" in result.stderr
+    info = json.loads((work / "runs" / "nan" / "checkpoints" / "step-00000010" / "state.json").read_text())
+    assert info["skipped_steps"] == 1
+    weights = load_file(str(work / "runs" / "nan" / "checkpoints" / "step-00000010" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    stop = train(work, "nan2", "--set", "train.max_nonfinite_steps=3", env={"BFN_FAULT": "nan:3,4,5,6"})
+    assert stop.returncode == 1 and "Traceback" not in stop.stderr
+    assert stop.stderr.strip().splitlines()[-1].startswith("bfn train: stopping: 3 non-finite steps in a row at step 6")
+
+
+def test_two_processes_train_in_step(work):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "bfncli", "train", *TINY, "--data", str(work / "tiny.safetensors"), "--runs-dir",
+           str(work / "runs"), "--run-name", "ddp", "--max-steps", "6", "--set", "train.val_every=3"]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BFN_")}, "BFN_FAULT": "check-sync",
+           "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (work / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 7))  # one writer, not two
+    assert sum("val_total" in r for r in records) == 2
+    assert sorted(p.name for p in (work / "runs" / "ddp" / "checkpoints").iterdir()) == ["step-00000004",
+                                                                                       "step-00000006"]
+
+
+def test_trained_checkpoint_evaluates_and_samples_without_flags(reference):
+    work = reference
+    result = run_bfn("eval", "--repeats", 2, "--data", work / "tiny.safetensors", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "using checkpoint runs/ref/checkpoints/step-00000010/model.safetensors" in result.stderr
+    assert "total" in result.stdout
+
+
+def test_bad_training_input(reference):
+    work = reference
+    assert_one_line_error(train(work, "x", "--resume", str(work / "nope")), "--resume", "no such checkpoint")
+    assert_one_line_error(train(work, "ref"), "already exists", "--resume auto")
+    changed = train(work, "ref", "--resume", "auto", "--set", "optim.lr=0.5", steps=12)
+    assert_one_line_error(changed, "cannot resume with a config that changes the run", "optim.lr: 0.001 -> 0.5")
+    odd = train(work, "odd", "--set", "train.batch_size=7", "--set", "train.accumulate=2")
+    assert_one_line_error(odd, "train.batch_size (7) must be divisible")
