@@ -119,8 +119,8 @@ def run_sample(
 
         outputs.append(ancestral(model, noise, steps, callback=callback, condition=condition).cpu())
         if trajectory:
-            traj_in.append(torch.stack(ins, 1))
-            traj_pred.append(torch.stack(preds, 1))
+            traj_in.append(torch.stack(ins))
+            traj_pred.append(torch.stack(preds))
     bar.close()
     tensors = {"samples": torch.cat(outputs).contiguous()}
     if trajectory:

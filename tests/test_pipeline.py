@@ -1,0 +1,217 @@
+"""The user's pipelines through the real CLI on tiny trained models: sample | render for binary
+images, discretized images and text; the flow as a GIF; conditional sampling; reproducibility;
+and one-line errors for bad input to eval, convert, sample and render."""
+
+import gzip
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import CONFORMANCE, assert_one_line_error, run_bfn
+from safetensors.torch import load_file, save_file
+
+IMAGE = ["--set", "network.embedding_dim=16", "--set", "network.n_blocks=1", "--set", "network.norm_groups=4",
+         "--set", "network.output_adapter.input_height=17", "--set", "train.batch_size=8"]
+TEXT = ["--preset", "pyhelp", "--set", "network.n_layer=1", "--set", "network.n_embd=32",
+        "--set", "network.input_adapter.output_size=32", "--set", "train.batch_size=4"]
+MNIST = ["--preset", "mnist-tiny", "--set", "train.batch_size=4"]
+
+
+def _idx(images):
+    n, h, w = images.shape
+    return gzip.compress(struct.pack(">IIII", 0x803, n, h, w) + bytes(images.flatten().tolist()))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three tiny trained runs: embedded digits, Python help text, MNIST (synthetic IDX files)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    mnist = root / "data" / "mnist"
+    mnist.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for name, n in (("train-images-idx3-ubyte.gz", 200), ("t10k-images-idx3-ubyte.gz", 20)):
+        (mnist / name).write_bytes(_idx(torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)))
+    for name, args in (("img", IMAGE), ("txt", TEXT), ("mnist", MNIST + ["--data-dir", root / "data"])):
+        result = run_bfn("train", *args, "--runs-dir", root / name, "--run-name", name, "--max-steps", 3, cwd=root)
+        assert result.returncode == 0, result.stderr
+    return root
+
+
+def ckpt(runs, name):
+    return next((runs / name / name / "checkpoints").glob("step-*/model.safetensors"))
+
+
+def shell(cmd, cwd):
+    return subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+BFN = f"{sys.executable} -m bfncli"
+
+
+def test_sample_render_binary_images_with_no_other_flags(runs, tmp_path):
+    # `bfn sample --shape 4,28,28,1 | bfn render` in a directory whose runs/ holds an MNIST-shaped model.
+    (tmp_path / "runs").symlink_to(runs / "mnist")
+    result = shell(f"{BFN} sample --shape 4,28,28,1 --steps 5 | {BFN} render", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote a grid of 4 binary images to samples.png" in result.stderr
+
+
+def test_sample_render_discretized_images(runs, tmp_path):
+    out = tmp_path / "grid.png"
+    result = shell(f"{BFN} sample --checkpoint {ckpt(runs, 'img')} --steps 5 | {BFN} render -o {out} --cols 8", tmp_path)
+    assert result.returncode == 0, result.stderr
+    from matplotlib import image
+
+    picture = image.imread(str(out))
+    assert picture.shape[1] > picture.shape[0]  # 16 samples in rows of 8: wider than tall
+
+
+def test_sample_render_text(runs, tmp_path):
+    result = shell(f"{BFN} sample --checkpoint {ckpt(runs, 'txt')} --shape 3,64 --steps 5 | {BFN} render", tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and all(len(line) == 64 and set(line) <= set("_abcdefghijklmnopqrstuvwxyz") for line in lines)
+
+
+def test_samples_file_says_what_it_holds(runs, tmp_path):
+    out = tmp_path / "s.safetensors"
+    assert run_bfn("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "2,8,8,1", "--steps", 3, "-o", out).returncode == 0
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert meta["kind"] == "discretized_image" and meta["num_bins"] == "16" and meta["steps"] == "3"
+    samples = load_file(str(out))["samples"]
+    assert samples.shape == (2, 8, 8, 1)
+    assert set(samples.unique().tolist()) <= set(((torch.arange(16) * 2 + 1) / 16 - 1).tolist())
+
+
+def test_same_seed_same_samples_also_in_chunks(runs, tmp_path):
+    def draw(name, *extra):
+        out = tmp_path / name
+        result = run_bfn("sample", "--checkpoint", ckpt(runs, "txt"), "--shape", "5,64", "--steps", 4, "--seed", 11,
+                         "-o", out, *extra)
+        assert result.returncode == 0, result.stderr
+        return load_file(str(out))["samples"]
+
+    whole = draw("a.safetensors")
+    assert torch.equal(whole, draw("b.safetensors", "--batch-size", 2))
+    assert torch.equal(whole, draw("c.safetensors", "--deterministic"))
+    assert not torch.equal(whole, draw("d.safetensors", "--seed", 12))
+
+
+def test_trajectory_renders_as_an_animation(runs, tmp_path):
+    for name in ("img", "txt"):
+        traj = tmp_path / f"{name}.safetensors"
+        result = run_bfn("sample", "--checkpoint", ckpt(runs, name), "--shape", "2," + ("8,8,1" if name == "img" else "64"),
+                         "--steps", 6, "--trajectory", "--frames", 4, "-o", traj)
+        assert result.returncode == 0, result.stderr
+        tensors = load_file(str(traj))
+        assert tensors["flow_steps"].tolist() == [1, 3, 5, 7]  # 7 = the final prediction at t = 1
+        assert tensors["flow_input"].shape[:2] == (4, 2)
+        gif = tmp_path / f"{name}.gif"
+        result = run_bfn("render", traj, "-o", gif)
+        assert result.returncode == 0, result.stderr
+        from PIL import Image
+
+        with Image.open(gif) as im:
+            assert im.format == "GIF" and im.n_frames == 4
+
+
+def test_prompt_is_kept_exactly(runs, tmp_path):
+    result = shell(f"{BFN} sample --checkpoint {ckpt(runs, 'txt')} --shape 2,64 --steps 4 "
+                   f"--prompt 'in the beginning' | {BFN} render", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert all(line.startswith("in_the_beginning") for line in result.stdout.splitlines())
+    result = shell(f"{BFN} sample --checkpoint {ckpt(runs, 'txt')} --shape 1,64 --steps 4 "
+                   f"--template 'the ??? sat' | {BFN} render", tmp_path)
+    line = result.stdout.strip()
+    assert line[:4] == "the_" and line[7:11] == "_sat"
+
+
+def test_inpainting_keeps_the_known_pixels(runs, tmp_path):
+    known = tmp_path / "known.safetensors"
+    assert run_bfn("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "1,8,8,1", "--steps", 3, "-o", known).returncode == 0
+    out = tmp_path / "filled.safetensors"
+    result = run_bfn("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "3,8,8,1", "--steps", 3, "--seed", 5,
+                     "--image", known, "--mask", "2,2,4,4", "-o", out)
+    assert result.returncode == 0, result.stderr
+    original, filled = load_file(str(known))["samples"][0], load_file(str(out))["samples"]
+    outside = torch.ones(8, 8, 1, dtype=torch.bool)
+    outside[2:6, 2:6] = False
+    for sample in filled:
+        assert torch.equal(sample[outside], original[outside])
+
+
+def test_closed_pipe_ends_quietly(runs, tmp_path):
+    result = shell(f"{BFN} sample --checkpoint {ckpt(runs, 'img')} --shape 64,8,8,1 --steps 2 | head -c 10 >/dev/null",
+                   tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Broken pipe" not in result.stderr
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_bad_sample_input(runs, tmp_path):
+    img, txt = ckpt(runs, "img"), ckpt(runs, "txt")
+    assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--shape", "4,28,28,1", "-o", tmp_path / "x.safetensors"),
+                          "cannot be produced", "--shape N,8,8,1")
+    assert_one_line_error(run_bfn("sample", "--checkpoint", txt, "--prompt", "Hello!", "-o", tmp_path / "x.safetensors"),
+                          "outside the model's alphabet")
+    assert_one_line_error(run_bfn("sample", "--checkpoint", txt, "--prompt", "a" * 65, "-o", tmp_path / "x.safetensors"),
+                          "has 65 characters but the model's sequences have 64")
+    assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--image", img, "--mask", "0,0,2,2",
+                                  "-o", tmp_path / "x.safetensors"), "is a bfn checkpoint, not samples")
+    known = tmp_path / "known.safetensors"
+    assert run_bfn("sample", "--checkpoint", img, "--shape", "1,8,8,1", "--steps", 2, "-o", known).returncode == 0
+    assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--image", known, "--mask", "0,0,9,9",
+                                  "-o", tmp_path / "x.safetensors"), "--mask box 0,0,9,9 does not fit a 8x8 image")
+    assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--image", known, "-o", tmp_path / "x.safetensors"),
+                          "needs both --image")
+    assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--prompt", "hi", "-o", tmp_path / "x.safetensors"),
+                          "for text models")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_bad_render_input(runs, tmp_path):
+    assert_one_line_error(run_bfn("render", stdin=""), "standard input is empty")
+    assert_one_line_error(run_bfn("render", stdin="just some text"), "not a safetensors samples file")
+    assert_one_line_error(run_bfn("render", ckpt(runs, "img")), "is a bfn checkpoint, not samples")
+    assert_one_line_error(run_bfn("render", tmp_path / "nope.safetensors"), "does not exist")
+
+
+def test_bad_eval_input(runs, tmp_path):
+    img = ckpt(runs, "img")
+    assert_one_line_error(run_bfn("eval", "--checkpoint", img, "--steps", -1), "--steps must be >= 0")
+    assert_one_line_error(run_bfn("eval", "--checkpoint", tmp_path / "missing.safetensors"), "does not exist")
+    assert_one_line_error(run_bfn("eval", "--checkpoint", CONFORMANCE / "mnist" / "official_ema.pt"),
+                          "convert official .pt files first")
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"data": torch.zeros(4, 5, 5, 1)}, str(wrong))
+    assert_one_line_error(run_bfn("eval", "--checkpoint", img, "--data", wrong), "shape (5, 5, 1)", "(8, 8, 1)")
+    text = tmp_path / "text.safetensors"
+    save_file({"data": torch.zeros(4, 64, dtype=torch.long)}, str(text))
+    assert_one_line_error(run_bfn("eval", "--checkpoint", img, "--data", text), "shape (64,)")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(img.read_bytes()[:1000])
+    assert_one_line_error(run_bfn("eval", "--checkpoint", truncated), "truncated")
+    assert_one_line_error(run_bfn("eval", "--runs-dir", tmp_path / "empty"), "no checkpoint found")
+
+
+def test_bad_convert_input(runs, tmp_path):
+    pickled = tmp_path / "model.pt"
+    torch.save(torch.nn.Linear(2, 2), pickled)  # a whole pickled module, not a state dict
+    assert_one_line_error(run_bfn("convert", pickled, "--preset", "mnist", "-o", tmp_path / "a.safetensors"),
+                          "not a plain state dict")
+    official = (CONFORMANCE / "mnist" / "official_ema.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(official[: len(official) // 2])
+    assert_one_line_error(run_bfn("convert", tmp_path / "cut.pt", "--preset", "mnist", "-o", tmp_path / "b.safetensors"),
+                          "truncated or corrupted")
+    assert_one_line_error(run_bfn("convert", CONFORMANCE / "mnist" / "official_ema.pt", "--preset", "text8",
+                                  "-o", tmp_path / "c.safetensors"), "does not fit its config", "missing")
+    assert_one_line_error(run_bfn("convert", CONFORMANCE / "text8" / "official_ema.pt", "-o", tmp_path / "d.safetensors"),
+                          "fit none of the paper presets", "text8:")
+    assert_one_line_error(run_bfn("convert", tmp_path / "nope.pt", "--preset", "mnist"), "does not exist")
+    assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob(".*partial*"))
