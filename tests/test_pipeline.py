@@ -110,7 +110,7 @@ def test_trajectory_renders_as_an_animation(runs, tmp_path):
                          "--steps", 6, "--trajectory", "--frames", 4, "-o", traj)
         assert result.returncode == 0, result.stderr
         tensors = load_file(str(traj))
-        assert tensors["flow_steps"].tolist() == [1, 3, 5, 7]  # 7 = the final prediction at t = 1
+        assert tensors["flow_steps"].tolist() == [1, 2, 4, 7]  # denser early; 7 = the final prediction at t = 1
         assert tensors["flow_input"].shape[:2] == (4, 2)
         gif = tmp_path / f"{name}.gif"
         result = run_bfn("render", traj, "-o", gif)
@@ -119,6 +119,8 @@ def test_trajectory_renders_as_an_animation(runs, tmp_path):
 
         with Image.open(gif) as im:
             assert im.format == "GIF" and im.n_frames == 4
+        strip = tmp_path / f"{name}-strip.png"
+        assert run_bfn("render", traj, "-o", strip).returncode == 0 and strip.stat().st_size > 0
 
 
 def test_prompt_is_kept_exactly(runs, tmp_path):
@@ -154,6 +156,19 @@ def test_closed_pipe_ends_quietly(runs, tmp_path):
 
 
 # ------------------------------------------------------------------------------ bad input
+def test_binary_samples_are_not_written_to_a_terminal(runs, tmp_path):
+    import os
+    import pty
+
+    main, secondary = pty.openpty()
+    try:
+        result = subprocess.run([sys.executable, "-m", "bfncli", "sample", "--checkpoint", str(ckpt(runs, "img"))],
+                                stdout=secondary, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(secondary)
+        os.close(main)
+    assert result.returncode == 2 and "pipe them (bfn sample | bfn render) or pass -o FILE" in result.stderr
+
 def test_bad_sample_input(runs, tmp_path):
     img, txt = ckpt(runs, "img"), ckpt(runs, "txt")
     assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--shape", "4,28,28,1", "-o", tmp_path / "x.safetensors"),

@@ -62,7 +62,7 @@ def to_unit(samples: Tensor, kind: str) -> Tensor:
     return x.clamp(0, 1) if kind == "binary_image" else ((x + 1) / 2).clamp(0, 1)
 
 
-def grid(images: Tensor, cols: Optional[int] = None, pad: int = 2, min_width: int = 320) -> Tensor:
+def grid(images: Tensor, cols: Optional[int] = None, pad: int = 2, min_width: int = 480) -> Tensor:
     """(N, H, W, C) in [0, 1] -> one (rows*H', cols*W', C) picture, upscaled for small images."""
     n, h, w, c = images.shape
     cols = min(cols or math.ceil(math.sqrt(n)), n)
@@ -157,7 +157,8 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
 
 def render_trajectory(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Path],
                       cols: Optional[int]) -> Path:
-    """The flow, frame by frame: input distribution (left) and the network's prediction (right)."""
+    """The flow, frame by frame: input distribution (left) and the network's prediction (right).
+    A .gif is an animation; a .png is a strip of all frames (inputs above, predictions below)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,68 +171,55 @@ def render_trajectory(tensors: dict[str, Tensor], meta: dict[str, str], output: 
     output = output or Path("flow.gif")
     if output.suffix.lower() not in (".gif", ".png"):
         raise UserError(f"a trajectory renders as an animated .gif or a .png strip, not '{output.suffix}'")
+    if kind != "text" and output.suffix.lower() == ".png":
+        frames = torch.cat([to_unit(inputs[:, 0], kind), to_unit(preds[:, 0], kind)])  # the first sample
+        _save_png(grid(frames, cols or inputs.shape[0]), output)
+        sys.stderr.write(f"wrote the flow ({len(steps)} frames) to {output}\n")
+        return output
 
-    if kind == "text":
-        def frame_images(f):
-            return None
-        texts_in = [decode(inputs[f].argmax(-1)) for f in range(len(steps))]
-        texts_out = [decode(preds[f].argmax(-1)) for f in range(len(steps))]
+    if kind == "text":  # the most likely character under each distribution
+        panels = [(decode(inputs[f].argmax(-1)), decode(preds[f].argmax(-1))) for f in range(len(steps))]
+        size = (12, 0.8 + 0.15 * inputs.shape[1])
     else:
-        def unit(x):
-            return x.clamp(0, 1) if kind == "binary_image" else ((x + 1) / 2).clamp(0, 1)
-
-        def frame_images(f):
-            return grid(unit(inputs[f]), cols, min_width=160), grid(unit(preds[f]), cols, min_width=160)
-
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.4) if kind != "text" else (12, 0.5 + 0.3 * inputs.shape[1]))
+        panels = [(grid(to_unit(inputs[f], kind), cols, min_width=160), grid(to_unit(preds[f], kind), cols, min_width=160))
+                  for f in range(len(steps))]
+        h, w = panels[0][0].shape[:2]
+        size = (8, 0.9 + 4 * h / w)
+    fig, axes = plt.subplots(1, 2, figsize=size)
     for ax, title in zip(axes, ("input distribution", "prediction")):
         ax.set_axis_off()
         ax.set_title(title, fontsize=10)
     artists = []
 
     def draw(f):
-        for a in artists:
-            a.remove()
+        for artist in artists:
+            artist.remove()
         artists.clear()
         label = "t = 1 (final)" if steps[f] > total else f"step {steps[f]} of {total}  (t = {(steps[f] - 1) / total:.2f})"
         fig.suptitle(label, fontsize=10)
-        if kind == "text":
-            for ax, lines in zip(axes, (texts_in[f], texts_out[f])):
-                artists.append(ax.text(0, 1, "\n".join(lines), family="monospace", fontsize=7, va="top",
+        for ax, panel in zip(axes, panels[f]):
+            if kind == "text":
+                artists.append(ax.text(0, 1, "\n".join(panel), family="monospace", fontsize=7, va="top",
                                        transform=ax.transAxes))
-        else:
-            left, right = frame_images(f)
-            for ax, pic in zip(axes, (left, right)):
-                grey = pic.shape[-1] == 1
-                artists.append(ax.imshow(pic[..., 0] if grey else pic, cmap="gray" if grey else None, vmin=0, vmax=1))
+            else:
+                grey = panel.shape[-1] == 1
+                artists.append(ax.imshow(panel[..., 0] if grey else panel, cmap="gray" if grey else None,
+                                         vmin=0, vmax=1))
         return artists
 
     try:
         if output.suffix.lower() == ".gif":
-            anim = animation.FuncAnimation(fig, draw, frames=len(steps), blit=False)
-            anim.save(str(output), writer=animation.PillowWriter(fps=4))
-        else:
-            strip = _strip(inputs, preds, kind, cols) if kind != "text" else None
-            if strip is None:
-                draw(len(steps) - 1)
-                fig.savefig(str(output), dpi=100)
-            else:
-                _save_png(strip, output)
+            animation.FuncAnimation(fig, draw, frames=len(steps), blit=False).save(
+                str(output), writer=animation.PillowWriter(fps=3), dpi=80)
+        else:  # text as a .png: the final frame
+            draw(len(steps) - 1)
+            fig.savefig(str(output), dpi=100)
     except OSError as err:
         raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None
     finally:
         plt.close(fig)
     sys.stderr.write(f"wrote the flow ({len(steps)} frames) to {output}\n")
     return output
-
-
-def _strip(inputs: Tensor, preds: Tensor, kind: str, cols: Optional[int]) -> Tensor:
-    """Frames side by side: inputs on the top row, predictions below, first sample of each."""
-    def unit(x):
-        return x.clamp(0, 1) if kind == "binary_image" else ((x + 1) / 2).clamp(0, 1)
-
-    frames = torch.cat([unit(inputs[:, 0]), unit(preds[:, 0])])
-    return grid(frames, cols or inputs.shape[0])
 
 
 def render_run(run_dir: Path, output: Optional[Path]) -> Path:

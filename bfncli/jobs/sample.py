@@ -140,9 +140,10 @@ def run_sample(
 
 
 def _frame_steps(steps: int, frames: int) -> set[int]:
-    """Which steps to record: ``frames`` of them, spread evenly, always including the first and the end."""
+    """Which steps to record: about ``frames`` of them, denser early on where the picture changes
+    most, always including the first step and the final prediction (step n + 1, at t = 1)."""
     count = min(frames, steps + 1)
-    return {round(1 + k * steps / max(count - 1, 1)) for k in range(count)}
+    return {1 + round((k / max(count - 1, 1)) ** 2 * steps) for k in range(count)}
 
 
 def _view_input(model, params: Tensor) -> Tensor:

@@ -1,8 +1,10 @@
-"""Adapters between the Bayesian flow's parameters and a network's feature vectors.
+"""Adapters between a Bayesian flow's parameters and a network's feature vectors.
 
-Input adapters turn the flow's per-dimension parameters (plus the time t) into one feature vector
-per position; the output adapter turns features into output-distribution parameters. Parameter
-names follow the released checkpoints so that their weights load as they are.
+An input adapter turns the flow's per-dimension input parameters and the time t into one feature
+vector per position (pixel or character); the output adapter turns the network's per-position
+features into the output distribution's parameters, (B, positions, channels, parameters).
+They behave like the adapters of the BFN paper's code (Graves et al. 2023) and use the parameter
+and buffer names of its released checkpoints, so that those weights load as they are.
 """
 
 from __future__ import annotations
@@ -14,34 +16,53 @@ from torch import Tensor, nn
 
 
 def sinusoid_table(length: int, dim: int, base: float = 1000.0) -> Tensor:
-    """Fixed position codes: sin on even features, cos on odd ones, wavelengths up to ``base``.
+    """(length, dim) fixed position codes: sin on even features, cos on odd ones.
 
-    The released text8 model used base 1000 and the odd features' own exponents; we keep both so
-    that models trained here and there see the same codes.
+    Unlike the usual transformer table, the base is 1000 rather than 10000 and each odd feature
+    uses its own index in the exponent (not that of its even neighbour). The released text8 model
+    was trained with exactly these codes, so we keep them.
     """
     pos = torch.arange(length, dtype=torch.float32).unsqueeze(1)
-    even = torch.arange(0, dim, 2, dtype=torch.float32)
-    odd = torch.arange(1, dim, 2, dtype=torch.float32)
     table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(pos / base ** (even / dim))
-    table[:, 1::2] = torch.cos(pos / base ** (odd / dim))
+    table[:, 0::2] = torch.sin(pos / base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    table[:, 1::2] = torch.cos(pos / base ** (torch.arange(1, dim, 2, dtype=torch.float32) / dim))
     return table
 
 
+def float_sinusoid_code(x: Tensor, max_freq: float, dim: int) -> Tensor:
+    """x (any shape, values in [-1, 1]) -> (*x.shape, dim): a sinusoid code of ((x + 1) / 2) max_freq,
+    laid out like ``sinusoid_table`` but with base 10000."""
+    pos = ((x + 1) / 2 * max_freq).unsqueeze(-1)
+    even = torch.arange(0, dim, 2, dtype=torch.float32, device=x.device)
+    odd = torch.arange(1, dim, 2, dtype=torch.float32, device=x.device)
+    code = torch.zeros(*x.shape, dim, device=x.device)
+    code[..., 0::2] = torch.sin(pos / 10000.0 ** (even / dim))
+    code[..., 1::2] = torch.cos(pos / 10000.0 ** (odd / dim))
+    return code
+
+
 def fourier_position_features(height: int, width: int, n_bands: int) -> Tensor:
-    """(H*W, 4 n_bands + 2): sin and cos of each pixel's coordinates in [-1, 1] at n_bands
-    frequencies from 1 up to half the image size, then the coordinates themselves."""
-    rows, cols = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    """(H*W, 4 n_bands + 2): sin and cos of pi * coordinate * band for each pixel's row and column
+    coordinates in [-1, 1] and n_bands frequencies from 1 to half the image size, then the two
+    coordinates themselves."""
+    rows, cols = torch.meshgrid(torch.linspace(-1.0, 1.0, height), torch.linspace(-1.0, 1.0, width), indexing="ij")
     coords = torch.stack([rows, cols], -1).reshape(-1, 2)
     bands = torch.stack([torch.linspace(1.0, height / 2, n_bands), torch.linspace(1.0, width / 2, n_bands)])
+    # Feature order: (row, band 0..n-1), then (column, band 0..n-1), for sin and then for cos.
     angles = math.pi * (coords.unsqueeze(-1) * bands).reshape(coords.shape[0], -1)
     return torch.cat([angles.sin(), angles.cos(), coords], -1)
 
 
 class FourierImageInputAdapter(nn.Module):
-    """Pixels (B, H, W, C) -> features (B, H*W, F): the channels, optionally 2t-1 as an extra
-    channel (``add_mask``) and Fourier position features, linearly projected to ``output_height``
-    when their count differs from it."""
+    """Images (B, H, W, C) and t (broadcast to the same shape) -> features (B, H*W, output_height).
+
+    Each pixel's features are its C channel values, then (``add_mask``) 2t - 1, optionally followed
+    by a sinusoid code of it (``mask_res`` > 0), then (``add_pos_feats``) position features: fixed
+    Fourier features of the pixel's coordinates, or learned ones (``learn_pos_feats``). When their
+    number differs from ``output_height`` they are projected linearly to it; the paper's models
+    pick ``output_height`` equal to it, which makes the adapter parameter-free.
+    ``value_res`` is accepted for configuration compatibility and, as in the original, unused.
+    """
 
     def __init__(
         self,
@@ -49,22 +70,42 @@ class FourierImageInputAdapter(nn.Module):
         input_shape: tuple[int, int] = (224, 224),
         n_freq_bands: int = 64,
         output_height: int = 256,
+        value_res: int = -1,
+        mask_res: int = -1,
         add_pos_feats: bool = True,
         add_mask: bool = True,
+        learn_pos_feats: bool = False,
+        pos_embed_size: int = 32,
+        init_scale: float = 0.02,
     ):
         super().__init__()
+        height, width = input_shape
+        self.n_freq_bands = n_freq_bands
+        self.mask_res = mask_res
         self.add_pos_feats = add_pos_feats
         self.add_mask = add_mask
-        # Kept as a buffer (and in checkpoints) even when unused, like the released models.
-        self.register_buffer("pos_feats", fourier_position_features(*input_shape, n_freq_bands))
-        width = input_channels + int(add_mask) + (self.pos_feats.shape[-1] if add_pos_feats else 0)
-        self.output_projection = nn.Linear(width, output_height) if width != output_height else None
+        if learn_pos_feats:
+            self.pos_feats = nn.Parameter(init_scale * torch.randn(1, height * width, pos_embed_size))
+        else:
+            # A persistent buffer even when add_pos_feats is off: the released checkpoints hold it.
+            self.register_buffer("pos_feats", fourier_position_features(height, width, n_freq_bands))
+        n_features = input_channels
+        if add_mask:
+            n_features += 1 + (2 * n_freq_bands if mask_res > 0 else 0)
+        if add_pos_feats:
+            n_features += self.pos_feats.shape[-1]
+        self.output_projection = nn.Linear(n_features, output_height) if n_features != output_height else None
 
     def forward(self, image: Tensor, t: Tensor) -> Tensor:
         b = image.shape[0]
         parts = [image.reshape(b, -1, image.shape[-1])]
         if self.add_mask:
-            parts.append(t.reshape(b, -1, t.shape[-1])[..., :1].float() * 2 - 1)
+            # t is the same for every channel of a pixel: keep the first one.
+            t_feats = t.reshape(b, -1, t.shape[-1])[..., :1].float() * 2 - 1
+            if self.mask_res > 0:
+                code = float_sinusoid_code(t_feats, self.mask_res, 2 * self.n_freq_bands).flatten(2)
+                t_feats = torch.cat([t_feats, code], -1)
+            parts.append(t_feats)
         if self.add_pos_feats:
             parts.append(self.pos_feats.expand(b, -1, -1))
         features = torch.cat(parts, -1)
@@ -72,8 +113,11 @@ class FourierImageInputAdapter(nn.Module):
 
 
 class TextInputAdapter(nn.Module):
-    """Class probabilities (B, L, K) -> token features (B, L, E): a linear map of 2 theta - 1,
-    plus position codes (fixed or learned) and a linear embedding of 2t - 1."""
+    """Class probabilities (B, L, K) and t (B, L) -> token features (B, L, output_size).
+
+    The sum of a linear map of 2 theta - 1 (probabilities rescaled to [-1, 1]), a position code
+    (fixed sinusoids, or learned with ``learn_pos_embedding``) and a linear map of 2t - 1.
+    """
 
     def __init__(self, vocab_size: int, seq_len: int, output_size: int = 256, learn_pos_embedding: bool = False):
         super().__init__()
@@ -88,12 +132,15 @@ class TextInputAdapter(nn.Module):
     def forward(self, probs: Tensor, t: Tensor) -> Tensor:
         tokens = self.inp_embedding(2 * probs - 1)
         positions = self.pos_embedding.weight if self.learn_pos_embedding else self.pos_embedding
+        # Sequences shorter than seq_len use the first positions' codes.
+        positions = positions[: probs.shape[1]].unsqueeze(0)
         times = self.t_embedding((2 * t - 1).unsqueeze(-1))
-        return tokens + positions[: probs.shape[1]].unsqueeze(0) + times
+        return tokens + positions + times
 
 
 class OutputAdapter(nn.Module):
-    """Features (B, N, F) -> (B, N, channels, parameters per dimension)."""
+    """Features (B, N, input_height) -> (B, N, output_channels, output_height): one linear map,
+    whose outputs are grouped per channel (e.g. r, g, b) into that channel's parameters."""
 
     def __init__(self, input_height: int, output_channels: int, output_height: int):
         super().__init__()
