@@ -142,6 +142,9 @@ def test_trained_checkpoint_evaluates_and_samples_without_flags(reference):
     assert result.returncode == 0, result.stderr
     assert "using checkpoint runs/ref/checkpoints/step-00000010/model.safetensors" in result.stderr
     assert "total" in result.stdout
+    plot = run_bfn("render", work / "runs" / "ref", cwd=work)
+    assert plot.returncode == 0, plot.stderr
+    assert (work / "runs" / "ref" / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_bad_training_input(reference):

@@ -1,7 +1,12 @@
-"""The U-Net of Variational Diffusion Models (Kingma et al. 2021), as the BFN paper uses it for
-CIFAR-10: no down-sampling (every block works at full resolution), a ResNet-attention-ResNet
-middle, Fourier features of the input, and the input concatenated to the features before the
-output adapter. Parameter names follow the released checkpoints.
+"""The U-Net of Variational Diffusion Models (Kingma et al. 2021), as the BFN paper (Graves et al.
+2023) uses it for CIFAR-10.
+
+Every block works at full resolution (no down-sampling): a stack of ``n_blocks`` residual blocks,
+a ResNet-attention-ResNet middle, and ``n_blocks + 1`` residual blocks that each also see the
+matching activation of the way down. The image is augmented with Fourier features of its values
+before the first convolution, and the network's input is concatenated to its final features
+before the output adapter. Time conditions every residual block through a sinusoidal embedding
+of 1000 (t + 0.001). Parameter names follow the released checkpoints.
 """
 
 from __future__ import annotations
@@ -21,15 +26,17 @@ def _zeroed(module: nn.Module) -> nn.Module:
 
 
 def time_embedding(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal embedding of 1000 (t + 0.001): timescales from 1 to 10^4, sin then cos."""
+    """(B,) -> (B, dim): sin then cos of 1000 (t + 0.001) at timescales from 1 to 10^4.
+    The 0.001 keeps t = 0 away from an all-zero sin half."""
     steps = (t.float() + 0.001) * 1000.0
-    inv_timescales = torch.logspace(0, -4, dim // 2, device=t.device)
+    inv_timescales = torch.logspace(0.0, -4.0, dim // 2, device=t.device)
     angles = steps[:, None] * inv_timescales[None, :]
     return torch.cat([angles.sin(), angles.cos()], 1)
 
 
 class FourierFeatures(nn.Module):
-    """sin and cos of 2 pi 2^n x for n in {5, 6}: fine detail the first convolution can use."""
+    """(B, C, H, W) -> (B, 4C, H, W): sin and cos of 2 pi 2^n x for n in {5, 6}, i.e. detail far
+    finer than one 8-bit intensity step, which the first convolution could not compute itself."""
 
     exponents = (5.0, 6.0)
 
@@ -39,20 +46,23 @@ class FourierFeatures(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         freqs = torch.tensor([2.0**n * 2 * math.pi for n in self.exponents], dtype=x.dtype, device=x.device)
-        angles = (freqs.view(1, -1, 1, 1, 1) * x.unsqueeze(1)).flatten(1, 2)  # (B, F*C, H, W)
+        # (B, F, C, H, W) flattened frequency-major: all channels at the first frequency first.
+        angles = (freqs.view(1, -1, 1, 1, 1) * x.unsqueeze(1)).flatten(1, 2)
         return torch.cat([angles.sin(), angles.cos()], 1)
 
 
 class ResnetBlock(nn.Module):
-    """GroupNorm-SiLU-conv, plus a projection of the time conditioning, then GroupNorm-SiLU-
-    dropout-conv (zero-initialised), added to the input."""
+    """x + [GroupNorm-SiLU-conv, + projected conditioning, GroupNorm-SiLU-dropout-conv](x),
+    with a 1x1 convolution on the shortcut when the channel count changes."""
 
     def __init__(self, ch_in: int, ch_out: int, condition_dim: int, dropout_prob: float, norm_groups: int):
         super().__init__()
         self.net1 = nn.Sequential(nn.GroupNorm(norm_groups, ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1))
         self.cond_proj = _zeroed(nn.Linear(condition_dim, ch_out, bias=False))
         self.net2 = nn.Sequential(
-            nn.GroupNorm(norm_groups, ch_out), nn.SiLU(), nn.Dropout(dropout_prob),
+            nn.GroupNorm(norm_groups, ch_out),
+            nn.SiLU(),
+            nn.Dropout(dropout_prob),
             _zeroed(nn.Conv2d(ch_out, ch_out, 3, padding=1)),
         )
         self.skip_conv = nn.Conv2d(ch_in, ch_out, 1) if ch_in != ch_out else None
@@ -64,7 +74,11 @@ class ResnetBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over pixels; q, k, v are stacked along channels as (3, heads, ch)."""
+    """Multi-head self-attention over pixels, from q, k and v stacked along the channels.
+
+    The channel layout is (q | k | v), each split into heads: (3, heads, ch), not the per-head
+    interleaving of the improved-diffusion U-Net.
+    """
 
     def __init__(self, n_heads: int):
         super().__init__()
@@ -74,11 +88,13 @@ class Attention(nn.Module):
         b, width, h, w = qkv.shape
         ch = width // (3 * self.n_heads)
         q, k, v = (part.reshape(b, self.n_heads, ch, h * w).transpose(-1, -2) for part in qkv.chunk(3, 1))
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, ch)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, ch), scaled by 1/sqrt(ch)
         return out.transpose(-1, -2).reshape(b, self.n_heads * ch, h, w)
 
 
 class AttentionBlock(nn.Module):
+    """x + [GroupNorm, 1x1 conv to q k v, attention, 1x1 conv](x)."""
+
     def __init__(self, n_heads: int, n_channels: int, norm_groups: int):
         super().__init__()
         self.layers = nn.Sequential(
@@ -93,6 +109,8 @@ class AttentionBlock(nn.Module):
 
 
 class UpDownBlock(nn.Module):
+    """A residual block, then (with ``attention_everywhere``) an attention block."""
+
     def __init__(self, resnet_block: ResnetBlock, attention_block: AttentionBlock | None):
         super().__init__()
         self.resnet_block = resnet_block
@@ -104,6 +122,8 @@ class UpDownBlock(nn.Module):
 
 
 class UNetVDM(nn.Module):
+    """Images (B, H, W, C) and t broadcast to them -> the output adapter's (B, H*W, ...)."""
+
     def __init__(
         self,
         input_adapter: nn.Module,
@@ -125,52 +145,49 @@ class UNetVDM(nn.Module):
         self.output_adapter = output_adapter
         self.image_size, self.input_channels, self.embedding_dim = image_size, input_channels, embedding_dim
         self.fourier_features = FourierFeatures() if use_fourier_features else None
-        cond = 4 * embedding_dim
+        cond_dim = 4 * embedding_dim
         self.embed_conditioning = nn.Sequential(
-            nn.Linear(embedding_dim, cond), nn.SiLU(), nn.Linear(cond, cond), nn.SiLU()
+            nn.Linear(embedding_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim), nn.SiLU()
         )
-        in_ch = input_channels * (1 + (self.fourier_features.num_features if use_fourier_features else 0))
-        self.conv_in = nn.Conv2d(in_ch, embedding_dim, 3, padding=1)
+        n_fourier = self.fourier_features.num_features if use_fourier_features else 0
+        self.conv_in = nn.Conv2d(input_channels * (1 + n_fourier), embedding_dim, 3, padding=1)
 
-        def resnet(ch_in: int) -> ResnetBlock:
-            return ResnetBlock(ch_in, embedding_dim, cond, dropout_prob, norm_groups)
+        def block(ch_in: int) -> UpDownBlock:
+            attention = AttentionBlock(n_attention_heads, embedding_dim, norm_groups) if attention_everywhere else None
+            return UpDownBlock(ResnetBlock(ch_in, embedding_dim, cond_dim, dropout_prob, norm_groups), attention)
 
-        def attention() -> AttentionBlock:
-            return AttentionBlock(n_attention_heads, embedding_dim, norm_groups)
-
-        def maybe_attention():
-            return attention() if attention_everywhere else None
-
-        self.down_blocks = nn.ModuleList(UpDownBlock(resnet(embedding_dim), maybe_attention()) for _ in range(n_blocks))
-        self.mid_resnet_block_1 = resnet(embedding_dim)
-        self.mid_attn_block = attention()
-        self.mid_resnet_block_2 = resnet(embedding_dim)
-        # Each up block also sees the matching down activation (skip connection): twice the channels.
-        self.up_blocks = nn.ModuleList(
-            UpDownBlock(resnet(2 * embedding_dim), maybe_attention()) for _ in range(n_blocks + 1)
-        )
+        self.down_blocks = nn.ModuleList(block(embedding_dim) for _ in range(n_blocks))
+        self.mid_resnet_block_1 = ResnetBlock(embedding_dim, embedding_dim, cond_dim, dropout_prob, norm_groups)
+        self.mid_attn_block = AttentionBlock(n_attention_heads, embedding_dim, norm_groups)
+        self.mid_resnet_block_2 = ResnetBlock(embedding_dim, embedding_dim, cond_dim, dropout_prob, norm_groups)
+        # Up blocks also take the matching down activation (skip connection): twice the channels.
+        self.up_blocks = nn.ModuleList(block(2 * embedding_dim) for _ in range(n_blocks + 1))
         self.conv_out = nn.Sequential(
-            nn.GroupNorm(norm_groups, embedding_dim), nn.SiLU(),
+            nn.GroupNorm(norm_groups, embedding_dim),
+            nn.SiLU(),
             _zeroed(nn.Conv2d(embedding_dim, embedding_dim, 3, padding=1)),
         )
 
     def forward(self, data: Tensor, t: Tensor) -> Tensor:
         b, s = data.shape[0], self.image_size
         x = self.input_adapter(data, t).reshape(b, s, s, self.input_channels)
+        # One time per example: every dimension of an example shares it.
         condition = self.embed_conditioning(time_embedding(t.reshape(b, -1)[:, 0], self.embedding_dim))
+
         h = x.permute(0, 3, 1, 2)
         if self.fourier_features is not None:
             h = torch.cat([h, self.fourier_features(h)], 1)
         h = self.conv_in(h)
         skips = []
-        for block in self.down_blocks:
+        for down in self.down_blocks:
             skips.append(h)
-            h = block(h, condition)
+            h = down(h, condition)
         skips.append(h)
         h = self.mid_resnet_block_1(h, condition)
         h = self.mid_attn_block(h)
         h = self.mid_resnet_block_2(h, condition)
-        for block in self.up_blocks:
-            h = block(torch.cat([h, skips.pop()], 1), condition)
+        for up in self.up_blocks:
+            h = up(torch.cat([h, skips.pop()], 1), condition)
+
         features = self.conv_out(h).permute(0, 2, 3, 1).reshape(b, s * s, -1)
         return self.output_adapter(torch.cat([x.reshape(b, s * s, -1), features], -1))
