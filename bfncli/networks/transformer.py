@@ -1,8 +1,10 @@
-"""A GPT-2 style transformer without the causal mask, as the BFN paper uses it for text8.
+"""A GPT-2 style transformer (nanoGPT layout) without the causal mask, as the BFN paper
+(Graves et al. 2023) uses it for text8.
 
-Every position sees the whole sequence of input distributions, so one forward pass predicts every
-character. With ``skip`` the final features are concatenated with the adapter's input features
-before the output layer. Parameter names follow the released checkpoints.
+Every position attends to the whole sequence of input distributions, so one forward pass gives
+every character's output distribution. Pre-norm blocks of multi-head self-attention and a GELU
+MLP; with ``skip`` the final features are concatenated with the input adapter's features before
+the output layer. Parameter names follow the released checkpoints.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class LayerNorm(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention over the whole sequence (causal only with ``is_causal``).
+    Dropout acts on the attention weights and on the output, in training mode only."""
+
     def __init__(self, n_head: int, n_embd: int, dropout: float, bias: bool, is_causal: bool):
         super().__init__()
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
@@ -36,14 +41,18 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, length, width = x.shape
+        # (B, L, 3 E) -> q, k, v, each (B, heads, L, E / heads).
         q, k, v = (part.view(b, length, self.n_head, width // self.n_head).transpose(1, 2)
                    for part in self.c_attn(x).split(width, 2))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.is_causal)
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(b, length, width)))
+        dropout_p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.is_causal)
+        y = y.transpose(1, 2).reshape(b, length, width)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
+    """Linear to 4 n_embd, GELU (tanh approximation), linear back, dropout."""
+
     def __init__(self, n_embd: int, dropout: float, bias: bool):
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
@@ -70,6 +79,9 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    """Token features from the input adapter (B, L, n_embd) -> logits (B, L, vocab_size), passed
+    through the output adapter when there is one (the text8 model has none)."""
+
     def __init__(
         self,
         input_adapter: nn.Module,
@@ -86,16 +98,20 @@ class GPT(nn.Module):
         super().__init__()
         if n_embd % n_head:
             raise ValueError("n_embd must be a multiple of n_head")
+        if skip and is_causal:
+            # The input features include the current token's own distribution: a causal model
+            # must not see them at the output.
+            raise ValueError("skip is not available with is_causal")
         self.input_adapter = input_adapter
         self.output_adapter = output_adapter
-        self.skip = skip and not is_causal
+        self.skip = skip
         self.transformer = nn.ModuleDict(dict(
             drop=nn.Dropout(dropout),
             h=nn.ModuleList(Block(n_head, n_embd, dropout, bias, is_causal) for _ in range(n_layer)),
             ln_f=LayerNorm(n_embd, bias),
         ))
         self.lm_head = nn.Linear((2 if skip else 1) * n_embd, vocab_size, bias=bias)
-        # GPT-2 initialisation, with the residual projections scaled down by depth.
+        # GPT-2 initialisation, with the projections into the residual stream scaled down by depth.
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -114,17 +130,24 @@ class GPT(nn.Module):
         if self.skip:
             x = torch.cat([x, x_in], -1)
         logits = self.lm_head(x)
-        return self.output_adapter(logits) if self.output_adapter is not None else logits
+        return logits if self.output_adapter is None else self.output_adapter(logits)
 
     def get_optim_groups(self, weight_decay: float) -> list[dict]:
-        """Weight decay on the weights of linear layers only: not on biases, norms or embeddings."""
-        decay, no_decay = [], []
+        """Two AdamW parameter groups: the weights of linear layers decay; biases, normalisation
+        weights and embeddings do not. Each group is sorted by parameter name."""
+        decay, no_decay = {}, {}
         for module_name, module in self.named_modules():
             for name, p in module.named_parameters(recurse=False):
-                full = f"{module_name}.{name}" if module_name else name
-                wants_decay = name == "weight" and isinstance(module, nn.Linear)
-                (decay if wants_decay else no_decay).append((full, p))
+                full_name = f"{module_name}.{name}" if module_name else name
+                if name.endswith("bias"):
+                    no_decay[full_name] = p
+                elif name.endswith("weight") and isinstance(module, nn.Linear):
+                    decay[full_name] = p
+                elif name.endswith("weight") and isinstance(module, (nn.LayerNorm, LayerNorm, nn.Embedding)):
+                    no_decay[full_name] = p
+                else:
+                    raise ValueError(f"no weight-decay rule for parameter {full_name}")
         return [
-            {"params": [p for _, p in sorted(decay, key=lambda item: item[0])], "weight_decay": weight_decay},
-            {"params": [p for _, p in sorted(no_decay, key=lambda item: item[0])], "weight_decay": 0.0},
+            {"params": [decay[n] for n in sorted(decay)], "weight_decay": weight_decay},
+            {"params": [no_decay[n] for n in sorted(no_decay)], "weight_decay": 0.0},
         ]

@@ -174,7 +174,9 @@ class UNetVDM(nn.Module):
         # One time per example: every dimension of an example shares it.
         condition = self.embed_conditioning(time_embedding(t.reshape(b, -1)[:, 0], self.embedding_dim))
 
-        h = x.permute(0, 3, 1, 2)
+        # Contiguous NCHW, not a channels-last view: dropout draws its mask in memory order, so the
+        # layout decides which activations a seeded run drops (we match the original's).
+        h = x.permute(0, 3, 1, 2).contiguous()
         if self.fourier_features is not None:
             h = torch.cat([h, self.fourier_features(h)], 1)
         h = self.conv_in(h)
