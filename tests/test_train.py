@@ -155,3 +155,25 @@ def test_bad_training_input(reference):
     assert_one_line_error(changed, "cannot resume with a config that changes the run", "optim.lr: 0.001 -> 0.5")
     odd = train(work, "odd", "--set", "train.batch_size=7", "--set", "train.accumulate=2")
     assert_one_line_error(odd, "train.batch_size (7) must be divisible")
+
+
+def test_network_shape_follows_your_own_images(tmp_path):
+    import numpy as np
+    from matplotlib import pyplot as plt
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        plt.imsave(str(folder / f"{i}.png"), rng.random((16, 16, 3)))
+    result = run_bfn("train", "--data", folder, "--max-steps", 2, "--run-name", "rgb", "--runs-dir", tmp_path / "runs",
+                     "--set", "train.batch_size=4", "--set", "network.n_blocks=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    from bfncli.checkpoint import read_info
+
+    info = read_info(next((tmp_path / "runs" / "rgb" / "checkpoints").glob("*/model.safetensors")))
+    assert info.config.network.input_adapter.input_shape == (16, 16)
+    assert info.config.network.input_channels == 3 and info.config.data.dataset == "images"
+    evaluated = run_bfn("eval", "--data", folder, "--json", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert '"n_examples": 12' in evaluated.stdout  # all the pictures given

@@ -12,7 +12,8 @@ Splits:
 - digits (embedded): 85% train, 5% validation, 10% test, fixed.
 - pyhelp (embedded) and your own text: split 90/5/5 like text8.
 - your own images: ``val_frac`` held out for validation, which is also the test split.
-- your own tensor file: ``val_frac`` held out for validation; ``bfn eval`` evaluates the whole file.
+- your own tensor file: ``val_frac`` held out for validation; the test split is the whole file.
+- ``all``, for your own data only: every example (``bfn eval --data`` evaluates all it is given).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from bfncli.data.examples import (
 )
 from bfncli.errors import UserError
 
-Split = Literal["train", "val", "test"]
+Split = Literal["train", "val", "test", "all"]
 VISION_SPLIT_SEED = 2147483647  # the official code's validation split generator seed
 
 __all__ = ["load_split", "data_spec", "DataSpec", "decode_text", "encode_text", "ALPHABET"]
@@ -63,9 +64,11 @@ def data_spec(cfg) -> DataSpec:
 
 def load_split(cfg, split: Split):
     """The examples of one split of the configured dataset."""
-    if split not in ("train", "val", "test"):
+    if split not in ("train", "val", "test", "all"):
         raise ValueError(split)
     name = cfg.dataset
+    if split == "all" and name not in ("images", "text", "tensor"):
+        raise ValueError("split 'all' is for the user's own data")
     if name in ("mnist", "cifar10"):
         return _vision(cfg, split)
     if name == "digits":
@@ -79,15 +82,18 @@ def load_split(cfg, split: Split):
     if name == "pyhelp":
         return _text(_split_90_5_5(formats.python_help_text(), split), cfg, split)
     if name == "text":
-        return _text(_split_90_5_5(formats.read_text_file(_user_path(cfg)), split), cfg, split)
+        codes = formats.read_text_file(_user_path(cfg))
+        return _text(codes if split == "all" else _split_90_5_5(codes, split), cfg, split)
     if name == "images":
         pixels = formats.read_image_folder(_user_path(cfg))
         examples = DiscretizedImages(pixels, cfg.num_bins, flip=cfg.horizontal_flip and split == "train")
+        if split == "all":
+            return examples
         train, val = holdout(len(examples), _fractions(len(examples), cfg.val_frac), seed=VISION_SPLIT_SEED)
         return Subset(examples, train if split == "train" else val)
     if name == "tensor":
         examples = formats.read_tensor_file(_user_path(cfg), cfg.num_bins)
-        if split == "test":
+        if split in ("test", "all"):
             return examples
         train, val = holdout(len(examples), _fractions(len(examples), cfg.val_frac), seed=VISION_SPLIT_SEED)
         return Subset(examples, train if split == "train" else val)

@@ -55,7 +55,8 @@ def _eval_examples(cfg, model):
     """The evaluation data: the test split of the checkpoint's dataset, or the user's --data."""
     from bfncli.data import load_split
 
-    examples = load_split(cfg.data, "test")
+    own = cfg.data.dataset in ("images", "text", "tensor")
+    examples = load_split(cfg.data, "all" if own else "test")
     shape = tuple(examples.spec.shape)
     if shape != tuple(model.data_shape):
         source = f"'{cfg.data.path}'" if cfg.data.path else f"the {cfg.data.dataset} test split"

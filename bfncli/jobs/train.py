@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import signal
 import sys
@@ -123,29 +122,37 @@ class DataOrder:
 def fit_to_data(cfg: BFNConfig, spec) -> BFNConfig:
     """Make the network's data shape follow the data (the user's own images or text)."""
     net = cfg.network.model_dump()
-    data = {}
+    tree = cfg.to_dict()
     if spec.kind == "text":
-        seq_len = spec.shape[0]
-        net["input_adapter"]["seq_len"] = seq_len
-        data["seq_len"] = seq_len
+        if cfg.network.kind != "transformer":
+            raise UserError("text data needs a text network; choose a text preset (e.g. --preset pyhelp)")
+        net["input_adapter"]["seq_len"] = tree["data"]["seq_len"] = spec.shape[0]
     else:
-        h, w, c = spec.shape
         if cfg.network.kind == "transformer":
             raise UserError("image data needs an image network; choose an image preset (e.g. --preset default)")
-        if cfg.network.kind == "unet_vdm" and h != w:
-            raise UserError(f"the VDM U-Net needs square images; the data is {h}x{w}")
-        net["input_adapter"].update(input_shape=[h, w], input_channels=c)
+        h, w, c = spec.shape
+        if h != w:
+            raise UserError(f"the U-Nets need square images; the data is {w}x{h}: crop or pad them")
+        adapter = net["input_adapter"]
+        adapter.update(input_shape=[h, w], input_channels=c)
         net["image_size"] = h
-        if cfg.network.kind == "unet_vdm":
-            net["input_channels"] = c
         net["output_adapter"]["output_channels"] = c
+        # The adapter's features are the network's input channels: the pixels' channels, plus 2t-1
+        # (or, with position features, a projection to output_height).
+        channels = adapter["output_height"] if adapter["add_pos_feats"] else c + int(adapter["add_mask"])
+        adapter["output_height"] = channels
+        if cfg.network.kind == "unet_vdm":
+            net["input_channels"] = channels
+            net["output_adapter"]["input_height"] = net["embedding_dim"] + channels
+        else:
+            net["in_channels"] = channels
+            skip = (net["model_channels"] if net["project_input"] else channels) if net["skip"] else 0
+            net["output_adapter"]["input_height"] = net["out_channels"] + skip
         if spec.num_bins:
-            data["num_bins"] = spec.num_bins
-    tree = cfg.to_dict()
+            tree["data"]["num_bins"] = spec.num_bins
+            if cfg.output.kind == "discretized_normal":
+                tree["output"]["num_bins"] = spec.num_bins
     tree["network"] = net
-    tree["data"].update(data)
-    if spec.kind == "discretized" and cfg.output.kind == "discretized_normal" and spec.num_bins:
-        tree["output"]["num_bins"] = spec.num_bins
     return resolve_config(base=tree, environ={})
 
 
