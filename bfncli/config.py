@@ -106,6 +106,13 @@ class VDMUNet(Section):
     input_adapter: FourierImageAdapter = FourierImageAdapter()
     output_adapter: OutputAdapter = OutputAdapter()
 
+    @model_validator(mode="after")
+    def _buildable(self):
+        if self.embedding_dim % self.norm_groups or self.embedding_dim % self.n_attention_heads:
+            raise ValueError(f"network.embedding_dim ({self.embedding_dim}) must be a multiple of norm_groups "
+                             f"({self.norm_groups}) and of n_attention_heads ({self.n_attention_heads})")
+        return self
+
 
 class ImprovedUNet(Section):
     """The improved-diffusion U-Net (Nichol & Dhariwal 2021) used for binarized MNIST."""
@@ -119,7 +126,7 @@ class ImprovedUNet(Section):
     attention_resolutions: list[int] = [8, 16]
     dropout: float = Field(0.5, ge=0, lt=1)
     channel_mult: list[int] = [1, 2, 2]
-    conv_resample: bool = True
+    conv_resample: Literal[True] = Field(True, description="learned up/down-sampling (the only kind supported)")
     dims: Literal[2] = 2
     num_heads: int = Field(4, ge=1)
     num_heads_upsample: int = -1
@@ -130,6 +137,19 @@ class ImprovedUNet(Section):
     input_adapter: FourierImageAdapter = FourierImageAdapter(
         input_channels=1, input_shape=(28, 28), output_height=2, add_mask=True
     )
+
+    @model_validator(mode="after")
+    def _buildable(self):
+        if self.model_channels % 32:
+            raise ValueError(f"network.model_channels ({self.model_channels}) must be a multiple of 32 (GroupNorm)")
+        if not self.channel_mult or self.channel_mult[0] != 1:
+            raise ValueError("network.channel_mult must start with 1")
+        if any(self.model_channels * m % self.num_heads for m in self.channel_mult):
+            raise ValueError("network.num_heads must divide the channels of every level")
+        if self.image_size % 2 ** (len(self.channel_mult) - 1):
+            raise ValueError(f"network.image_size ({self.image_size}) must be divisible by "
+                             f"2^(levels - 1) = {2 ** (len(self.channel_mult) - 1)}")
+        return self
     output_adapter: OutputAdapter = OutputAdapter(input_height=256, output_channels=1, output_height=1)
 
 
@@ -559,7 +579,10 @@ def describe_validation_error(err: ValidationError, origin: dict[tuple[str, ...]
             got = item.get("input")
             got_text = "" if isinstance(got, (dict, list)) or got is None else f", got {got!r}"
             msg = str(item["msg"]).removeprefix("Value error, ")
-            messages.append(f"{key}: {msg}{got_text}{from_}" if key else f"{msg}{from_}")
+            if not key or msg.startswith(key + "."):  # the message names its fields itself
+                messages.append(f"{msg}{from_}")
+            else:
+                messages.append(f"{key}: {msg}{got_text}{from_}")
     return "config error: " + "; ".join(messages)
 
 

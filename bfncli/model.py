@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from bfncli.config import BFNConfig, ContinuousFlow as ContinuousFlowConfig, Transformer
+from bfncli.errors import UserError
 from bfncli.flows import ContinuousFlow, DiscreteFlow
 
 Flow = Union[ContinuousFlow, DiscreteFlow]
@@ -50,7 +51,10 @@ def make_network(cfg: BFNConfig) -> nn.Module:
     input_adapter = (adapter.kind, adapter.model_dump(exclude={"kind"}))
     output = getattr(net, "output_adapter", None)
     output_adapter = ("output", output.model_dump()) if output is not None else None
-    return build_network(net.kind, params, input_adapter, output_adapter)
+    try:
+        return build_network(net.kind, params, input_adapter, output_adapter)
+    except ValueError as err:  # an architecture the config allowed but the network cannot be built with
+        raise UserError(f"config error: the network cannot be built: {err}") from None
 
 
 def data_shape(cfg: BFNConfig) -> tuple[int, ...]:

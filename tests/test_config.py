@@ -173,3 +173,16 @@ def test_dump_round_trips():
     c = resolve("cifar10-16c")
     again = resolve_config(base=c.to_dict(), environ={})
     assert again == c
+
+
+@pytest.mark.parametrize("preset,sets,expected", [
+    ("mnist", ["network.model_channels=48"], "network.model_channels (48) must be a multiple of 32"),
+    ("mnist", ["network.conv_resample=false"], "network.conv_resample"),
+    ("cifar10-256d", ["network.norm_groups=7"], "must be a multiple of norm_groups (7)"),
+    ("cifar10-256d", ["network.output_adapter.input_height=99"], "network.output_adapter.input_height must be 131"),
+    ("text8", ["network.n_head=7"], "n_embd (768) must be a multiple of n_head (7)"),
+])
+def test_networks_that_cannot_be_built_are_refused_up_front(preset, sets, expected):
+    with pytest.raises(UserError) as err:
+        resolve(preset, sets=sets)
+    assert expected in str(err.value)
