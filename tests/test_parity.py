@@ -131,3 +131,34 @@ def test_released_layouts_convert_with_their_preset_and_evaluate(manifest_name, 
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert math.isfinite(report["total_mean"]) and report["n_examples"] == 2
+
+
+def test_interrupted_evaluation_resumes_without_losing_repeats(converted, tmp_path):
+    data = CONFORMANCE / "mnist" / "tensors.safetensors"
+    args = ("eval", "--checkpoint", converted["mnist"], "--data", data, "--steps", 10, "--seed", 3, "--json")
+    env = {"BFN_CACHE_DIR": str(tmp_path / "cache")}
+    first = run_bfn(*args, "--repeats", 3, env=env)
+    assert first.returncode == 0, first.stderr
+    more = run_bfn(*args, "--repeats", 6, env=env)
+    assert more.returncode == 0 and "resuming: 3 of 6 repeats already done" in more.stderr
+    fresh = run_bfn(*args, "--repeats", 6, env={"BFN_CACHE_DIR": str(tmp_path / "other")})
+    assert json.loads(more.stdout)["loss_mean"] == json.loads(fresh.stdout)["loss_mean"]  # repeat r is seeded by r
+
+
+def test_two_processes_split_the_repeats_and_agree_with_one(converted, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = CONFORMANCE / "text8" / "tensors.safetensors"
+    args = ["eval", "--checkpoint", str(converted["text8"]), "--data", str(data), "--repeats", "4", "--json"]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BFN_")}, "OMP_NUM_THREADS": "1",
+           "BFN_CACHE_DIR": str(tmp_path / "two")}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29541", "-m", "bfncli", *args], capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = run_bfn(*args, env={"BFN_CACHE_DIR": str(tmp_path / "one")})
+    lines = [line for line in two.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # only the main process reports
+    ours, single = json.loads(lines[0]), json.loads(one.stdout)
+    assert ours["repeats"] == 4 and abs(ours["loss_mean"] - single["loss_mean"]) < 1e-6 * abs(single["loss_mean"])

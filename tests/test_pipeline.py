@@ -89,6 +89,13 @@ def test_samples_file_says_what_it_holds(runs, tmp_path):
     assert set(samples.unique().tolist()) <= set(((torch.arange(16) * 2 + 1) / 16 - 1).tolist())
 
 
+def test_terminal_preview(runs, tmp_path):
+    out = tmp_path / "s.safetensors"
+    assert run_bfn("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "2,8,8,1", "--steps", 2, "-o", out).returncode == 0
+    result = run_bfn("render", out, "--preview", "-o", tmp_path / "g.png", cwd=tmp_path)
+    assert result.returncode == 0 and "\x1b[38;2;" in result.stdout and "▀" in result.stdout
+
+
 def test_same_seed_same_samples_also_in_chunks(runs, tmp_path):
     def draw(name, *extra):
         out = tmp_path / name
