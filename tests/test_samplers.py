@@ -1,6 +1,5 @@
 """The paper's sampler, checked against the paper's equations with networks whose answer we know."""
 
-import math
 
 import pytest
 import torch

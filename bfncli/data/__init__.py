@@ -30,7 +30,6 @@ from bfncli.data.examples import (
     DataSpec,
     DiscretizedImages,
     Subset,
-    TensorExamples,
     TextWindows,
     decode_text,
     encode_text,

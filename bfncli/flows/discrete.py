@@ -11,7 +11,6 @@ output distribution is a Bernoulli with one logit per dimension, as in the offic
 
 from __future__ import annotations
 
-import math
 from typing import Literal, Optional, Union
 
 import torch

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from bfncli.flows import ContinuousFlow, DiscreteFlow
+from bfncli.flows import DiscreteFlow
 from bfncli.flows.distributions import Bernoulli, Categorical, Delta, DiscretizedNormal
 from bfncli.samplers.noise import SampleNoise
 
