@@ -7,6 +7,7 @@ answers at once. User errors become one line on stderr and a non-zero exit code,
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, List, Optional
@@ -324,6 +325,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     except typer.Abort:
         _fail(f"{where}: aborted", 130)
     except UserError as err:
+        if os.environ.get("RANK", "0") != "0":  # under torchrun/accelerate every process would say the same
+            sys.exit(err.exit_code)
         _fail(f"{where}: {err}", err.exit_code)
     except KeyboardInterrupt:
         _fail(f"{where}: interrupted", 130)
@@ -339,8 +342,6 @@ def _fail(message: str, code: int) -> None:
 
 def _quiet_broken_pipe() -> None:
     """The reader went away (``bfn sample | head``): stop quietly, as Unix tools do."""
-    import os
-
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     sys.exit(0)

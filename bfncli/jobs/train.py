@@ -213,10 +213,29 @@ def run_training(
 
     runtime = setup(deterministic)
     cfg = fit_to_data(cfg, data_spec(cfg.data))
-    run_dir, start_path = _run_dir(Path(runs_dir), run_name, preset, resume, runtime.is_main)
+    run_dir, start_path = _on_main(runtime, lambda: _run_dir(Path(runs_dir), run_name, preset, resume, True))
     train_set = load_split(cfg.data, "train")
     val_set = load_split(cfg.data, "val") if cfg.train.val_every <= cfg.train.steps else None
     return Trainer(cfg, run_dir, runtime, train_set, val_set).run(start_path)
+
+
+def _on_main(runtime, fn):
+    """Run ``fn`` on the main process only and give every process its result (or its error), so that
+    all processes agree on the run directory even when it is named after the clock."""
+    if runtime.world_size == 1:
+        return fn()
+    from accelerate.utils import broadcast_object_list
+
+    box = [None]
+    if runtime.is_main:
+        try:
+            box = [("ok", fn())]
+        except UserError as err:
+            box = [("error", (str(err), err.exit_code))]
+    status, value = broadcast_object_list(box)[0]
+    if status == "error":
+        raise UserError(*value)
+    return value
 
 
 def _run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str], resume: Optional[str],
@@ -321,7 +340,7 @@ class Trainer:
     def _start(self, start_path: Optional[Path]) -> dict[str, Any]:
         state = {"step": 0, "skipped_steps": 0, "nonfinite_streak": 0, "best_val": None}
         config_file = self.run_dir / "config.yaml"
-        if start_path is None and not config_file.exists():
+        if start_path is None and not self._main_sees(config_file):
             if self.runtime.is_main:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 _write_text(config_file, self.cfg.to_yaml())
@@ -350,6 +369,15 @@ class Trainer:
             _truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
             sys.stderr.write(f"resuming {self.run_dir.name} from step {state['step']} ({start_path.name})\n")
         return state
+
+    def _main_sees(self, path: Path) -> bool:
+        """Whether the main process sees ``path``, decided once for all processes (so that no
+        process takes another branch because the main one has written the file meanwhile)."""
+        if self.runtime.world_size == 1:
+            return path.exists()
+        from accelerate.utils import broadcast_object_list
+
+        return bool(broadcast_object_list([path.exists() if self.runtime.is_main else None])[0])
 
     # ------------------------------------------------------------------------------ steps
     def _micro_step(self, step: int, micro: int) -> torch.Tensor:
