@@ -14,9 +14,10 @@ from torch import Tensor
 
 from bfncli.errors import UserError
 
-SAMPLES_FORMAT = "bfn-samples"
+from bfncli.data.examples import decode_text as decode
+from bfncli.jobs.sample import SAMPLES_FORMAT
+
 IMAGE_KINDS = ("binary_image", "discretized_image", "continuous_image")
-ALPHABET = "_abcdefghijklmnopqrstuvwxyz"
 
 
 # ------------------------------------------------------------------------------- reading
@@ -93,10 +94,6 @@ def _save_png(picture: Tensor, path: Path) -> None:
             plt.imsave(str(path), array)
     except OSError as err:
         raise UserError(f"cannot write '{path}': {err.strerror or err}", exit_code=1) from None
-
-
-def decode(indices: Tensor) -> list[str]:
-    return ["".join(ALPHABET[int(i)] for i in row) for row in indices.reshape(indices.shape[0], -1)]
 
 
 def terminal_preview(images: Tensor, cols: Optional[int] = None) -> str:

@@ -24,7 +24,6 @@ from bfncli.errors import UserError
 from bfncli.jobs.runtime import resolve_checkpoint, setup
 
 SAMPLES_FORMAT = "bfn-samples"
-TEXT_ALPHABET = "_abcdefghijklmnopqrstuvwxyz"
 
 
 def data_kind(model) -> str:
@@ -135,7 +134,9 @@ def run_sample(
         "num_bins": str(model.flow.num_bins or "") if not model.discrete else str(model.flow.n_classes),
     }
     if kind == "text":
-        meta["alphabet"] = TEXT_ALPHABET
+        from bfncli.data.examples import ALPHABET
+
+        meta["alphabet"] = ALPHABET
     return _write(tensors, meta, output)
 
 

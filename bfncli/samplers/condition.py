@@ -7,10 +7,9 @@ from typing import Optional
 
 import torch
 
+from bfncli.data.examples import ALPHABET
 from bfncli.errors import UserError
 from bfncli.samplers.ancestral import Condition
-
-ALPHABET = "_abcdefghijklmnopqrstuvwxyz"
 PLACEHOLDER = "?"
 
 
