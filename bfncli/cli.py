@@ -313,6 +313,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
     where = "bfn" + (f" {args[0]}" if args and args[0] in getattr(command, "commands", {}) else "")
+    code = 1
     try:
         code = command.main(args=args, prog_name="bfn", standalone_mode=False)
     except click_errors.NoArgsIsHelpError:
@@ -332,7 +333,26 @@ def main(argv: Optional[list[str]] = None) -> None:
         _fail(f"{where}: interrupted", 130)
     except BrokenPipeError:
         _quiet_broken_pipe()
+    finally:
+        _close_process_group(succeeded=code in (0, None))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _close_process_group(succeeded: bool) -> None:
+    """Under torchrun/accelerate, wait for the other processes and shut the process group down.
+
+    Leaving it to interpreter exit lets the communication threads be torn down while a peer is
+    still talking to them, and the process aborts ("terminate called without an active exception").
+    """
+    dist_module = sys.modules.get("torch.distributed")  # never import torch just for this
+    if dist_module is None or not dist_module.is_available() or not dist_module.is_initialized():
+        return
+    try:
+        if succeeded:
+            dist_module.barrier()
+        dist_module.destroy_process_group()
+    except Exception:  # a peer has already gone: nothing left to shut down cleanly
+        pass
 
 
 def _fail(message: str, code: int) -> None:

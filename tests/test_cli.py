@@ -110,3 +110,20 @@ def test_bad_input_yaml_files(tmp_path):
 
 def test_bad_input_env_variable():
     assert_one_line_error(bfn("train", "--dry-run", env={"BFN_TRAIN__BATCH_SIZE": "-4"}), "BFN_TRAIN__BATCH_SIZE")
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["train", "--preset", "no-such-preset"]])
+def test_process_group_is_shut_down_when_a_command_ends(tmp_path, argv):
+    # left to interpreter exit, gloo's threads can abort the process under torchrun
+    import torch.distributed as dist
+
+    from bfncli.cli import main
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
