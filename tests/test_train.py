@@ -89,23 +89,46 @@ def test_damaged_newest_checkpoint_is_skipped_by_name(reference):
     assert "from step 8" in result.stderr
 
 
-def test_sigterm_checkpoints_and_exits_143(work):
+def start_long_run(work, name, logged=3):
+    """A run that would go on for ages, once it has logged ``logged`` steps."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "bfncli", "train", *TINY, "--data", str(work / "tiny.safetensors"),
-         "--runs-dir", str(work / "runs"), "--run-name", "term", "--max-steps", "100000"],
+         "--runs-dir", str(work / "runs"), "--run-name", name, "--max-steps", "100000"],
         stderr=subprocess.PIPE, text=True, cwd=work, env={k: v for k, v in os.environ.items() if k != "BFN_FAULT"})
-    metrics = work / "runs" / "term" / "metrics.jsonl"
+    metrics = work / "runs" / name / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < logged):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    return proc
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_checkpoints_the_current_step_and_exits(work, sig, code):
+    proc = start_long_run(work, "stop")
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 143, stderr
-    assert "Traceback" not in stderr
-    saved = sorted((work / "runs" / "term" / "checkpoints").glob("step-*"))
-    last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    saved = sorted((work / "runs" / "stop" / "checkpoints").glob("step-*"))
+    last_logged = json.loads((work / "runs" / "stop" / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     assert saved and saved[-1].name == f"step-{last_logged:08d}"
     assert (saved[-1] / "manifest.json").exists()
+
+
+def test_a_second_signal_exits_at_once_and_the_last_checkpoint_survives(work):
+    proc = start_long_run(work, "twice", logged=5)  # past the step-4 checkpoint
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)  # wherever the second one lands (step, checkpoint write, exit), it must not hurt
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    # 130, or killed by SIGINT if it landed while Python was already shutting down (a shell says 130 for both)
+    assert proc.returncode in (130, -signal.SIGINT), stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    committed = [p for p in (work / "runs" / "twice" / "checkpoints").glob("step-*") if (p / "manifest.json").exists()]
+    newest = max(int(p.name.split("-")[1]) for p in committed)
+    resumed = train(work, "twice", "--resume", "auto", steps=newest + 2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming twice from step {newest}" in resumed.stderr and "skipping" not in resumed.stderr
 
 
 def test_non_finite_steps_are_skipped_then_stop(work):

@@ -192,6 +192,8 @@ class StopFlag:
         sys.stderr.write("\nstopping after this step; writing a checkpoint (signal again to exit at once)\n")
 
     def __exit__(self, *exc):
+        if self.signum is not None:
+            return  # the process is on its way out: a second signal must still exit at once
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
