@@ -202,6 +202,29 @@ def test_bad_render_input(runs, tmp_path):
     assert_one_line_error(run_bfn("render", stdin="just some text"), "not a safetensors samples file")
     assert_one_line_error(run_bfn("render", ckpt(runs, "img")), "is a bfn checkpoint, not samples")
     assert_one_line_error(run_bfn("render", tmp_path / "nope.safetensors"), "does not exist")
+    samples = run_bfn("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "2,8,8,1", "--steps", 2,
+                      "-o", tmp_path / "s.safetensors")
+    assert samples.returncode == 0, samples.stderr
+    assert_one_line_error(run_bfn("render", tmp_path / "s.safetensors", "-o", tmp_path / "no" / "dir.png"),
+                          "cannot write", code=1)
+
+
+def test_a_failed_picture_write_leaves_nothing(tmp_path, monkeypatch):
+    from matplotlib import pyplot as plt
+
+    from bfncli.errors import UserError
+    from bfncli.jobs.render import _save_png
+
+    def disk_full(path, *args, **kwargs):
+        open(path, "wb").write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plt, "imsave", disk_full)
+    (tmp_path / "grid.png").write_bytes(b"the previous picture")
+    with pytest.raises(UserError, match="cannot write .*No space left on device"):
+        _save_png(torch.zeros(4, 4, 1), tmp_path / "grid.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+    assert (tmp_path / "grid.png").read_bytes() == b"the previous picture"
 
 
 def test_bad_eval_input(runs, tmp_path):

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from bfncli.errors import UserError
-
 from bfncli.data.examples import decode_text as decode
+from bfncli.errors import UserError
 from bfncli.jobs.sample import SAMPLES_FORMAT
 
 IMAGE_KINDS = ("binary_image", "discretized_image", "continuous_image")
@@ -80,6 +81,24 @@ def grid(images: Tensor, cols: Optional[int] = None, pad: int = 2, min_width: in
     return canvas
 
 
+@contextmanager
+def _writing(path: Path, fig=None):
+    """Yields a temporary name (same folder and suffix, so the format is the same) that becomes
+    ``path`` only when complete; an OSError becomes one line; ``fig`` is closed whatever happens."""
+    partial = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+    try:
+        yield partial
+        os.replace(partial, path)
+    except OSError as err:
+        raise UserError(f"cannot write '{path}': {err.strerror or err}", exit_code=1) from None
+    finally:
+        partial.unlink(missing_ok=True)
+        if fig is not None:
+            from matplotlib import pyplot as plt
+
+            plt.close(fig)
+
+
 def _save_png(picture: Tensor, path: Path) -> None:
     import matplotlib
 
@@ -87,13 +106,11 @@ def _save_png(picture: Tensor, path: Path) -> None:
     from matplotlib import pyplot as plt
 
     array = picture.numpy()
-    try:
+    with _writing(path) as partial:
         if array.shape[-1] == 1:
-            plt.imsave(str(path), array[..., 0], cmap="gray", vmin=0, vmax=1)
+            plt.imsave(str(partial), array[..., 0], cmap="gray", vmin=0, vmax=1)
         else:
-            plt.imsave(str(path), array)
-    except OSError as err:
-        raise UserError(f"cannot write '{path}': {err.strerror or err}", exit_code=1) from None
+            plt.imsave(str(partial), array)
 
 
 def terminal_preview(images: Tensor, cols: Optional[int] = None) -> str:
@@ -204,17 +221,13 @@ def render_trajectory(tensors: dict[str, Tensor], meta: dict[str, str], output: 
                                          vmin=0, vmax=1))
         return artists
 
-    try:
+    with _writing(output, fig) as partial:
         if output.suffix.lower() == ".gif":
             animation.FuncAnimation(fig, draw, frames=len(steps), blit=False).save(
-                str(output), writer=animation.PillowWriter(fps=3), dpi=80)
+                str(partial), writer=animation.PillowWriter(fps=3), dpi=80)
         else:  # text as a .png: the final frame
             draw(len(steps) - 1)
-            fig.savefig(str(output), dpi=100)
-    except OSError as err:
-        raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None
-    finally:
-        plt.close(fig)
+            fig.savefig(str(partial), dpi=100)
     sys.stderr.write(f"wrote the flow ({len(steps)} frames) to {output}\n")
     return output
 
@@ -257,11 +270,7 @@ def render_run(run_dir: Path, output: Optional[Path]) -> Path:
     ax.set_title(run_dir.name)
     ax.legend()
     fig.tight_layout()
-    try:
-        fig.savefig(str(output), dpi=110)
-    except OSError as err:
-        raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None
-    finally:
-        plt.close(fig)
+    with _writing(output, fig) as partial:
+        fig.savefig(str(partial), dpi=110)
     sys.stderr.write(f"wrote the loss curves of {run_dir.name} to {output}\n")
     return output
