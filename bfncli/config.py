@@ -137,6 +137,7 @@ class ImprovedUNet(Section):
     input_adapter: FourierImageAdapter = FourierImageAdapter(
         input_channels=1, input_shape=(28, 28), output_height=2, add_mask=True
     )
+    output_adapter: OutputAdapter = OutputAdapter(input_height=256, output_channels=1, output_height=1)
 
     @model_validator(mode="after")
     def _buildable(self):
@@ -150,7 +151,6 @@ class ImprovedUNet(Section):
             raise ValueError(f"network.image_size ({self.image_size}) must be divisible by "
                              f"2^(levels - 1) = {2 ** (len(self.channel_mult) - 1)}")
         return self
-    output_adapter: OutputAdapter = OutputAdapter(input_height=256, output_channels=1, output_height=1)
 
 
 class Transformer(Section):
