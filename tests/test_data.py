@@ -180,11 +180,16 @@ def test_text8_split_and_windows(tmp_path, monkeypatch):
 
 
 def test_text8_zip_structure_is_checked(tmp_path):
-    bad = tmp_path / "text8.zip"
+    (tmp_path / "text8").mkdir()
+    bad = tmp_path / "text8" / "text8.zip"
     bad.write_bytes(text8_zip(b"too short"))
     assert "instead of" in formats.check_text8_zip(bad)
     bad.write_bytes(b"not a zip")
     assert "not the text8 zip" in formats.check_text8_zip(bad)
+    c = cfg(dataset="text8", data_dir=tmp_path, download=False, seq_len=16)
+    with pytest.raises(UserError, match=r"not the text8 zip .*; delete it to download it again"):
+        load_split(c, "train")
+    assert bad.read_bytes() == b"not a zip"  # a file someone put there is never deleted behind their back
 
 
 def test_text_encoding_maps_to_the_27_character_alphabet():
