@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,27 @@ class CheckpointInfo:
 
 
 # ------------------------------------------------------------------------------- writing
+@contextmanager
+def write_errors_as_oserror() -> Iterator[None]:
+    """safetensors and ``torch.save`` wrap a failed write (disk full, missing folder) in their own
+    exception types; turn those into an OSError with the system's message, which callers report."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, RuntimeError) as err:
+        found = re.search(r'message: "([^"]+)"', str(err))
+        raise OSError(found.group(1) if found else str(err).strip().splitlines()[-1]) from err
+
+
+def save_tensors(tensors: dict[str, Tensor], path: Path, metadata: Optional[dict[str, str]] = None) -> None:
+    """``safetensors.torch.save_file`` whose failures are OSErrors."""
+    from safetensors.torch import save_file
+
+    with write_errors_as_oserror():
+        save_file(tensors, str(path), metadata=metadata)
+
+
 @contextmanager
 def atomic_path(path: Path, suffix: str = ".partial") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
@@ -110,8 +132,6 @@ def save_checkpoint(
     extra: Optional[dict[str, str]] = None,
 ) -> Path:
     """Write a self-describing checkpoint atomically. Tensors are saved as they are (dtype kept)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     nbytes = sum(t.numel() * t.element_size() for t in state_dict.values())
     tensors = {
@@ -121,7 +141,7 @@ def save_checkpoint(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata_for(cfg, weights, step, extra))
+            save_tensors(tensors, tmp, metadata_for(cfg, weights, step, extra))
     except OSError as err:
         raise UserError(f"cannot write checkpoint '{path}': {err.strerror or err}; check the directory and free space",
                         exit_code=1) from None

@@ -20,7 +20,14 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from bfncli.checkpoint import atomic_path, check_state_dict, load_tensors, read_info, save_checkpoint
+from bfncli.checkpoint import (
+    atomic_path,
+    check_state_dict,
+    load_tensors,
+    read_info,
+    save_checkpoint,
+    write_errors_as_oserror,
+)
 from bfncli.config import BFNConfig, deep_merge, load_preset, load_yaml, resolve_config
 from bfncli.errors import UserError
 
@@ -286,7 +293,7 @@ def to_official(source: Path, output: Path, force: bool) -> Path:
     check_state_dict(expected, tensors, f"checkpoint '{source}'")
     state = OrderedDict((PREFIX + k, tensors[k]) for k in expected)
     try:
-        with atomic_path(output) as tmp:
+        with atomic_path(output) as tmp, write_errors_as_oserror():
             torch.save(state, str(tmp))
     except OSError as err:
         raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None

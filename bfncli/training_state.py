@@ -24,7 +24,14 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from bfncli.checkpoint import RELEASE_NAME, _fsync, _fsync_dir, metadata_for, save_checkpoint
+from bfncli.checkpoint import (
+    RELEASE_NAME,
+    _fsync,
+    _fsync_dir,
+    metadata_for,
+    save_checkpoint,
+    save_tensors,
+)
 from bfncli.errors import UserError
 
 STATE_TENSORS = "state.safetensors"
@@ -89,8 +96,6 @@ def save_training_checkpoint(
     before_commit=None,
 ) -> Saved:
     """Write, flush and atomically commit a checkpoint; then prune old ones (keeping ``keep``)."""
-    from safetensors.torch import save_file
-
     root = checkpoint_dir(run_dir)
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
@@ -108,7 +113,7 @@ def save_training_checkpoint(
         tensors.update({f"ema.{k}": v for k, v in ema_state.items()})
         tensors.update(opt_tensors)
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-        save_file(tensors, str(tmp / STATE_TENSORS), metadata=metadata_for(cfg, "training-state", step))
+        save_tensors(tensors, tmp / STATE_TENSORS, metadata_for(cfg, "training-state", step))
         (tmp / STATE_JSON).write_text(json.dumps({"step": step, "optimizer": opt_plain, **info}, indent=1))
         if before_commit is not None:  # fault injection in tests: the directory is half-written here
             before_commit()

@@ -178,6 +178,8 @@ def test_binary_samples_are_not_written_to_a_terminal(runs, tmp_path):
 
 def test_bad_sample_input(runs, tmp_path):
     img, txt = ckpt(runs, "img"), ckpt(runs, "txt")
+    assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--steps", 2, "-o", tmp_path / "no" / "x.safetensors"),
+                          "cannot write", "No such file or directory", code=1)
     assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--shape", "4,28,28,1", "-o", tmp_path / "x.safetensors"),
                           "cannot be produced", "--shape N,8,8,1")
     assert_one_line_error(run_bfn("sample", "--checkpoint", txt, "--prompt", "Hello!", "-o", tmp_path / "x.safetensors"),

@@ -178,6 +178,11 @@ def test_bad_training_input(reference):
     assert_one_line_error(changed, "cannot resume with a config that changes the run", "optim.lr: 0.001 -> 0.5")
     odd = train(work, "odd", "--set", "train.batch_size=7", "--set", "train.accumulate=2")
     assert_one_line_error(odd, "train.batch_size (7) must be divisible")
+    assert_one_line_error(train(work, "../escape"), "must be a plain name")
+    (work / "afile").write_text("")
+    not_a_dir = run_bfn("train", *TINY, "--data", work / "tiny.safetensors", "--runs-dir", work / "afile",
+                        "--max-steps", 2, cwd=work)
+    assert_one_line_error(not_a_dir, "cannot create the run directory", "Not a directory")
 
 
 def test_network_shape_follows_your_own_images(tmp_path):

@@ -125,3 +125,14 @@ def test_config_changes_ignore_what_does_not_alter_the_run():
     assert config_changes(a, b) == []
     c = resolve_config("default", sets=["optim.lr=0.5"], environ={}).to_dict()
     assert config_changes(a, c) == ["optim.lr: 0.001 -> 0.5"]
+
+
+def test_library_write_failures_become_os_errors(tmp_path):
+    # safetensors and torch.save raise their own types for a failed write; callers report OSErrors
+    from bfncli.checkpoint import save_tensors, write_errors_as_oserror
+
+    with pytest.raises(OSError, match="No such file or directory"):
+        save_tensors({"x": torch.zeros(2)}, tmp_path / "missing" / "x.safetensors")
+    with pytest.raises(OSError):
+        with write_errors_as_oserror():
+            torch.save({"x": torch.zeros(2)}, str(tmp_path / "missing" / "x.pt"))

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from bfncli.checkpoint import atomic_path, load_model
+from bfncli.checkpoint import atomic_path, load_model, save_tensors
 from bfncli.config import resolve_config
 from bfncli.errors import UserError
 from bfncli.jobs.runtime import resolve_checkpoint, setup
@@ -165,7 +165,7 @@ def _view_prediction(model, dist) -> Tensor:
 
 
 def _write(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Path]) -> Optional[Path]:
-    from safetensors.torch import save, save_file
+    from safetensors.torch import save
 
     if output is None:
         data = save(tensors, metadata=meta)
@@ -174,7 +174,7 @@ def _write(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Pa
         return None
     try:
         with atomic_path(output) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+            save_tensors(tensors, tmp, meta)
     except OSError as err:
         raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None
     sys.stderr.write(f"wrote {tensors['samples'].shape[0]} samples to {output}\n")

@@ -273,6 +273,8 @@ def _run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str], res
             sys.stderr.write(f"no checkpoint in {run_dir} yet: starting it from the beginning\n")
         return run_dir, best
     name = run_name or f"{preset or 'default'}-{datetime.now():%Y%m%d-%H%M%S}"
+    if name in (".", "..") or "/" in name or os.sep in name:
+        raise UserError(f"--run-name '{name}' must be a plain name (a folder under --runs-dir), not a path")
     run_dir = runs_dir / name
     if (run_dir / "config.yaml").exists():
         raise UserError(f"run '{run_dir}' already exists; continue it with --resume auto --run-name {name}, "
@@ -344,8 +346,12 @@ class Trainer:
         config_file = self.run_dir / "config.yaml"
         if start_path is None and not self._main_sees(config_file):
             if self.runtime.is_main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                _write_text(config_file, self.cfg.to_yaml())
+                try:
+                    self.run_dir.mkdir(parents=True, exist_ok=True)
+                    _write_text(config_file, self.cfg.to_yaml())
+                except OSError as err:
+                    raise UserError(f"cannot create the run directory '{self.run_dir}': {err.strerror or err}; "
+                                    "choose another --runs-dir or fix its permissions") from None
             self.accelerator.wait_for_everyone()
             return state
         if config_file.exists():
