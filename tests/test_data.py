@@ -333,6 +333,17 @@ def test_bad_image_folders(tmp_path):
         load_split(cfg(dataset="images", path=broken), "train")
 
 
+def test_one_colour_picture_among_many_grey_ones_makes_the_folder_rgb(tmp_path):
+    from bfncli.data import data_spec
+
+    for i in range(70):
+        _png(tmp_path / f"{i:03d}.png", torch.rand(8, 8).numpy())
+    _png(tmp_path / "zzz.png", torch.rand(8, 8, 3).numpy())
+    c = cfg(dataset="images", path=tmp_path)
+    assert data_spec(c).shape == (8, 8, 3)
+    assert load_split(c, "all").batch(torch.tensor([0, 70])).shape == (2, 8, 8, 3)
+
+
 def test_text_file_becomes_a_text8_style_dataset(tmp_path):
     f = tmp_path / "book.txt"
     f.write_text("It was the best of times, it was the worst of times. " * 50)

@@ -203,7 +203,7 @@ def _read_picture(path: Path) -> Tensor:
         array = mpimg.imread(str(path))
     except Exception as err:  # PIL has many ways to fail on a bad file
         raise UserError(f"cannot read image '{path}' ({type(err).__name__}); is it a valid PNG or JPEG?") from None
-    pixels = torch.as_tensor(array)
+    pixels = torch.tensor(array)  # a copy: the decoder's array is read-only
     if pixels.is_floating_point():
         pixels = (pixels * 255).round().clamp(0, 255)
     pixels = pixels.to(torch.uint8)
@@ -217,14 +217,19 @@ def _read_picture(path: Path) -> Tensor:
 
 
 def image_folder_spec(folder: Path, num_bins: int) -> DataSpec:
-    files = _image_files(folder)
-    channels = max(_read_picture(f).shape[-1] for f in files[:64])
-    h, w, _ = _read_picture(files[0]).shape
-    return DataSpec("discretized", (h, w, channels), num_bins=num_bins)
+    return DataSpec("discretized", tuple(read_image_folder(folder).shape[1:]), num_bins=num_bins)
 
 
 def read_image_folder(folder: Path) -> Tensor:
     """All pictures of a folder, (N, H, W, C) uint8; one size; grey promoted to RGB if any is RGB."""
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise UserError(f"--data '{folder}' is not a folder of images")
+    return _read_image_folder(folder, folder.stat().st_mtime_ns)  # a changed folder is read again
+
+
+@lru_cache(maxsize=1)
+def _read_image_folder(folder: Path, mtime_ns: int) -> Tensor:
     files = _image_files(folder)
     pictures = [_read_picture(f) for f in files]
     first = pictures[0].shape[:2]
