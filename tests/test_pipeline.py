@@ -262,3 +262,18 @@ def test_bad_convert_input(runs, tmp_path):
                           "fit none of the paper presets", "text8:")
     assert_one_line_error(run_bfn("convert", tmp_path / "nope.pt", "--preset", "mnist"), "does not exist")
     assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob(".*partial*"))
+
+
+def test_render_takes_any_channel_count_and_refuses_incomplete_trajectories(tmp_path):
+    from bfncli.jobs.sample import SAMPLES_FORMAT
+
+    meta = {"format": SAMPLES_FORMAT, "kind": "discretized_image", "num_bins": "16"}
+    two = tmp_path / "two.safetensors"
+    save_file({"samples": torch.rand(3, 8, 8, 2) * 2 - 1}, str(two), metadata=meta)
+    result = run_bfn("render", two, "-o", tmp_path / "two.png")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert (tmp_path / "two.png").exists()
+    broken = tmp_path / "broken.safetensors"
+    save_file({"samples": torch.zeros(1, 8, 8, 1), "flow_input": torch.zeros(2, 1, 8, 8, 1)}, str(broken),
+              metadata=meta)
+    assert_one_line_error(run_bfn("render", broken), "incomplete trajectory", "--trajectory")

@@ -59,9 +59,13 @@ def _read_bytes(path: Path) -> bytes:
 
 # ------------------------------------------------------------------------------ pictures
 def to_unit(samples: Tensor, kind: str) -> Tensor:
-    """Images in [0, 1]: binary 1 = white ink; [-1, 1] data mapped linearly."""
+    """Images in [0, 1]: binary 1 = white ink; [-1, 1] data mapped linearly. Pictures with neither
+    1 (grey) nor 3 (RGB) channels are shown channel by channel, side by side, in grey."""
     x = samples.float()
-    return x.clamp(0, 1) if kind == "binary_image" else ((x + 1) / 2).clamp(0, 1)
+    x = x.clamp(0, 1) if kind == "binary_image" else ((x + 1) / 2).clamp(0, 1)
+    if x.shape[-1] not in (1, 3):
+        x = x.movedim(-1, -2).flatten(-2).unsqueeze(-1)  # (..., H, W, C) -> (..., H, C*W, 1)
+    return x
 
 
 def grid(images: Tensor, cols: Optional[int] = None, pad: int = 2, min_width: int = 480) -> Tensor:
@@ -142,8 +146,11 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
         if not Path(source).exists():
             raise UserError(f"'{source}' does not exist")
         tensors, meta = parse_samples(_read_bytes(source), f"'{source}'")
-    kind = meta["kind"]
+    kind, where = meta["kind"], "standard input" if source is None else f"'{source}'"
     if "flow_input" in tensors:
+        if not {"flow_prediction", "flow_steps"} <= tensors.keys():
+            raise UserError(f"{where} is an incomplete trajectory (no flow_prediction/flow_steps); record it again "
+                            "with bfn sample --trajectory")
         return render_trajectory(tensors, meta, output, cols)
     samples = tensors["samples"]
     if kind == "text":
