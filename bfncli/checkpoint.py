@@ -242,11 +242,22 @@ def load_model(path: Path, device: str = "cpu", cfg: Optional[BFNConfig] = None)
 
 # ----------------------------------------------------------------------- finding the newest
 def find_latest(runs_dir: Path) -> Path:
-    """The release file of the newest committed checkpoint of the newest run under ``runs_dir``."""
+    """The release file of the newest intact checkpoint of the newest run under ``runs_dir``
+    (committed, and matching its manifest's checksum); damaged newer ones are named on stderr."""
+    import sys
+
+    from bfncli.training_state import verify
+
     runs_dir = Path(runs_dir)
     candidates = sorted(runs_dir.glob(f"*/checkpoints/*/{RELEASE_NAME}"), key=lambda p: p.stat().st_mtime)
-    # Only committed checkpoints (with a manifest) count.
-    committed = [p for p in candidates if (p.parent / "manifest.json").exists()]
+    committed = []
+    for path in reversed(candidates):
+        problem = verify(path.parent, only=RELEASE_NAME)
+        if problem is None:
+            committed.append(path)
+            break
+        if (path.parent / "manifest.json").exists():  # an unfinished write is not worth a word
+            sys.stderr.write(f"skipping damaged checkpoint {path.parent}: {problem}\n")
     if not committed:
         where = runs_dir if runs_dir.exists() else f"{runs_dir} (which does not exist)"
         raise UserError(

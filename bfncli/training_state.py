@@ -155,8 +155,9 @@ def prune(root: Path, keep: int) -> None:
 
 
 # ----------------------------------------------------------------------------------- read
-def verify(path: Path) -> Optional[str]:
-    """None if the checkpoint directory is committed and intact, else what is wrong with it."""
+def verify(path: Path, only: Optional[str] = None) -> Optional[str]:
+    """None if the checkpoint directory is committed and intact (or, given ``only``, that one file
+    of it is), else what is wrong with it."""
     manifest_path = Path(path) / MANIFEST
     if not manifest_path.exists():
         return "no manifest (the write never finished)"
@@ -166,6 +167,8 @@ def verify(path: Path) -> Optional[str]:
     except (OSError, ValueError, KeyError, TypeError):
         return "unreadable manifest"
     for name, expect in files.items():
+        if only is not None and name != only:
+            continue
         file = Path(path) / name
         if not file.exists():
             return f"{name} is missing"

@@ -168,6 +168,15 @@ def test_trained_checkpoint_evaluates_and_samples_without_flags(reference):
     plot = run_bfn("render", work / "runs" / "ref", cwd=work)
     assert plot.returncode == 0, plot.stderr
     assert (work / "runs" / "ref" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    newest = work / "runs" / "ref" / "checkpoints" / "step-00000010" / "model.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-1] ^= 0xFF  # same size, one weight changed
+    newest.write_bytes(bytes(data))
+    damaged = run_bfn("eval", "--repeats", 1, "--data", work / "tiny.safetensors", cwd=work)
+    assert damaged.returncode == 0, damaged.stderr
+    assert "skipping damaged checkpoint runs/ref/checkpoints/step-00000010: model.safetensors does not match" \
+        in damaged.stderr
+    assert "using checkpoint runs/ref/checkpoints/step-00000008/model.safetensors" in damaged.stderr
 
 
 def test_bad_training_input(reference):
