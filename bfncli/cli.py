@@ -154,6 +154,9 @@ def _dataset_for(path: Optional[Path]) -> Optional[str]:
     """The dataset kind a --data path implies: a folder of images, a tensor file, or text."""
     if path is None:
         return None
+    if not path.exists():
+        raise UserError(f"--data '{path}' does not exist; give an image folder, a text file or a "
+                        ".safetensors/.npy tensor file")
     if path.is_dir():
         return "images"
     if path.suffix.lower() in (".safetensors", ".npy"):

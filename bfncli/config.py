@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bfncli.errors import UserError
@@ -57,6 +57,11 @@ class DataConfig(Section):
     horizontal_flip: bool = Field(False, description="images: random horizontal flips of training examples")
     seq_len: int = Field(256, ge=1, description="text: characters per example")
     val_frac: float = Field(0.01, gt=0, lt=1, description="images: fraction of the training set held out")
+
+    @field_validator("path", "data_dir")
+    @classmethod
+    def _home(cls, value: Optional[Path]) -> Optional[Path]:
+        return value.expanduser() if value is not None else None  # '~/data' from YAML or BFN_* as in a shell
 
 
 # ------------------------------------------------------------------------------------ network

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -127,3 +128,11 @@ def test_process_group_is_shut_down_when_a_command_ends(tmp_path, argv):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_missing_data_path_and_home_in_data_dir(tmp_path):
+    assert_one_line_error(run_bfn("train", "--data", tmp_path / "nope", "--dry-run"), "does not exist",
+                          "an image folder, a text file")
+    result = run_bfn("train", "--preset", "mnist", "--dry-run", env={"BFN_DATA__DATA_DIR": "~/datasets"})
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["data"]["data_dir"] == str(Path.home() / "datasets")
