@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import pickle
 import re
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional
@@ -167,8 +168,11 @@ def read_official(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise UserError(f"'{path}' does not exist" if not path.exists() else f"'{path}' is not a file")
     try:
-        # mmap: tensors are read when copied, under save_checkpoint's progress bar.
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
+        # mmap: tensors are read when copied, under save_checkpoint's progress bar. torch warns about
+        # what it refused to unpickle; the error below says it in one line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError:
         raise UserError(f"'{path}' is not a plain state dict of tensors (it needs arbitrary code to load); "
                         "bfn only reads weights_only checkpoints") from None

@@ -252,6 +252,11 @@ def test_bad_convert_input(runs, tmp_path):
     torch.save(torch.nn.Linear(2, 2), pickled)  # a whole pickled module, not a state dict
     assert_one_line_error(run_bfn("convert", pickled, "--preset", "mnist", "-o", tmp_path / "a.safetensors"),
                           "not a plain state dict")
+    import pickle
+
+    pickle.dump({"a": 1}, open(tmp_path / "plain.pt", "wb"))  # an old-style pickle: torch adds a warning
+    assert_one_line_error(run_bfn("convert", tmp_path / "plain.pt", "--preset", "mnist", "-o",
+                                  tmp_path / "a.safetensors"), "not a plain state dict")
     official = (CONFORMANCE / "mnist" / "official_ema.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(official[: len(official) // 2])
     assert_one_line_error(run_bfn("convert", tmp_path / "cut.pt", "--preset", "mnist", "-o", tmp_path / "b.safetensors"),
