@@ -250,20 +250,14 @@ def find_latest(runs_dir: Path) -> Path:
 
     runs_dir = Path(runs_dir)
     candidates = sorted(runs_dir.glob(f"*/checkpoints/*/{RELEASE_NAME}"), key=lambda p: p.stat().st_mtime)
-    committed = []
     for path in reversed(candidates):
         problem = verify(path.parent, only=RELEASE_NAME)
         if problem is None:
-            committed.append(path)
-            break
+            return path
         if (path.parent / "manifest.json").exists():  # an unfinished write is not worth a word
             sys.stderr.write(f"skipping damaged checkpoint {path.parent}: {problem}\n")
-    if not committed:
-        where = runs_dir if runs_dir.exists() else f"{runs_dir} (which does not exist)"
-        raise UserError(
-            f"no checkpoint found under {where}; train one with 'bfn train' or pass --checkpoint FILE"
-        )
-    return committed[-1]
+    where = runs_dir if runs_dir.exists() else f"{runs_dir} (which does not exist)"
+    raise UserError(f"no checkpoint found under {where}; train one with 'bfn train' or pass --checkpoint FILE")
 
 
 def _short(err: Exception) -> str:

@@ -344,7 +344,8 @@ class Trainer:
     def _start(self, start_path: Optional[Path]) -> dict[str, Any]:
         state = {"step": 0, "skipped_steps": 0, "nonfinite_streak": 0, "best_val": None}
         config_file = self.run_dir / "config.yaml"
-        if start_path is None and not self._main_sees(config_file):
+        # decided once, by the main process, for all: none may see the file the main one writes next
+        if start_path is None and not _on_main(self.runtime, config_file.exists):
             if self.runtime.is_main:
                 try:
                     self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -377,15 +378,6 @@ class Trainer:
             _truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
             sys.stderr.write(f"resuming {self.run_dir.name} from step {state['step']} ({start_path.name})\n")
         return state
-
-    def _main_sees(self, path: Path) -> bool:
-        """Whether the main process sees ``path``, decided once for all processes (so that no
-        process takes another branch because the main one has written the file meanwhile)."""
-        if self.runtime.world_size == 1:
-            return path.exists()
-        from accelerate.utils import broadcast_object_list
-
-        return bool(broadcast_object_list([path.exists() if self.runtime.is_main else None])[0])
 
     # ------------------------------------------------------------------------------ steps
     def _micro_step(self, step: int, micro: int) -> torch.Tensor:

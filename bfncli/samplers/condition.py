@@ -10,6 +10,7 @@ import torch
 from bfncli.data.examples import ALPHABET
 from bfncli.errors import UserError
 from bfncli.samplers.ancestral import Condition
+
 PLACEHOLDER = "?"
 
 
