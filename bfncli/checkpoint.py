@@ -17,17 +17,15 @@ leaves a half-written checkpoint under the final name.
 from __future__ import annotations
 
 import json
-import os
-import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from bfncli import __version__
+from bfncli.atomic_files import atomic_path, save_tensors
 from bfncli.config import BFNConfig, validate_config
 from bfncli.errors import UserError
 
@@ -46,60 +44,6 @@ class CheckpointInfo:
 
 
 # ------------------------------------------------------------------------------- writing
-@contextmanager
-def write_errors_as_oserror() -> Iterator[None]:
-    """safetensors and ``torch.save`` wrap a failed write (disk full, missing folder) in their own
-    exception types; turn those into an OSError with the system's message, which callers report."""
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except (SafetensorError, RuntimeError) as err:
-        found = re.search(r'message: "([^"]+)"', str(err))
-        raise OSError(found.group(1) if found else str(err).strip().splitlines()[-1]) from err
-
-
-def save_tensors(tensors: dict[str, Tensor], path: Path, metadata: Optional[dict[str, str]] = None) -> None:
-    """``safetensors.torch.save_file`` whose failures are OSErrors."""
-    from safetensors.torch import save_file
-
-    with write_errors_as_oserror():
-        save_file(tensors, str(path), metadata=metadata)
-
-
-@contextmanager
-def atomic_path(path: Path, suffix: str = ".partial") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{suffix}-{os.getpid()}")
-    try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def metadata_for(cfg: BFNConfig, weights: str, step: int, extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     meta = {
         "format": FORMAT,
@@ -238,26 +182,6 @@ def load_model(path: Path, device: str = "cpu", cfg: Optional[BFNConfig] = None)
         raise UserError(f"checkpoint '{path}' has non-finite values in '{name}'; it cannot be used")
     model.net.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), info
-
-
-# ----------------------------------------------------------------------- finding the newest
-def find_latest(runs_dir: Path) -> Path:
-    """The release file of the newest intact checkpoint of the newest run under ``runs_dir``
-    (committed, and matching its manifest's checksum); damaged newer ones are named on stderr."""
-    import sys
-
-    from bfncli.training_state import verify
-
-    runs_dir = Path(runs_dir)
-    candidates = sorted(runs_dir.glob(f"*/checkpoints/*/{RELEASE_NAME}"), key=lambda p: p.stat().st_mtime)
-    for path in reversed(candidates):
-        problem = verify(path.parent, only=RELEASE_NAME)
-        if problem is None:
-            return path
-        if (path.parent / "manifest.json").exists():  # an unfinished write is not worth a word
-            sys.stderr.write(f"skipping damaged checkpoint {path.parent}: {problem}\n")
-    where = runs_dir if runs_dir.exists() else f"{runs_dir} (which does not exist)"
-    raise UserError(f"no checkpoint found under {where}; train one with 'bfn train' or pass --checkpoint FILE")
 
 
 def _short(err: Exception) -> str:

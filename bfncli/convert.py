@@ -21,14 +21,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from bfncli.checkpoint import (
-    atomic_path,
-    check_state_dict,
-    load_tensors,
-    read_info,
-    save_checkpoint,
-    write_errors_as_oserror,
-)
+from bfncli.atomic_files import atomic_path, write_errors_as_oserror
+from bfncli.checkpoint import check_state_dict, load_tensors, read_info, save_checkpoint
 from bfncli.config import BFNConfig, deep_merge, load_preset, load_yaml, resolve_config
 from bfncli.errors import UserError
 

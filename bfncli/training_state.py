@@ -24,14 +24,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from bfncli.checkpoint import (
-    RELEASE_NAME,
-    _fsync,
-    _fsync_dir,
-    metadata_for,
-    save_checkpoint,
-    save_tensors,
-)
+from bfncli.atomic_files import fsync_dir, fsync_file, save_tensors
+from bfncli.checkpoint import RELEASE_NAME, metadata_for, save_checkpoint
 from bfncli.errors import UserError
 
 STATE_TENSORS = "state.safetensors"
@@ -118,16 +112,16 @@ def save_training_checkpoint(
         if before_commit is not None:  # fault injection in tests: the directory is half-written here
             before_commit()
         for name in (STATE_TENSORS, STATE_JSON):
-            _fsync(tmp / name)
+            fsync_file(tmp / name)
         manifest = {"step": step, "files": {n: {"sha256": _sha256(tmp / n), "bytes": (tmp / n).stat().st_size}
                                             for n in (RELEASE_NAME, STATE_TENSORS, STATE_JSON)}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _fsync(tmp / MANIFEST)
-        _fsync_dir(tmp)
+        fsync_file(tmp / MANIFEST)
+        fsync_dir(tmp)
         if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
@@ -197,3 +191,21 @@ def load_training_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, A
     tensors = load_file(str(Path(path) / STATE_TENSORS))
     info = json.loads((Path(path) / STATE_JSON).read_text())
     return tensors, info
+
+
+# -------------------------------------------------------------------- the newest of all runs
+def find_latest(runs_dir: Path) -> Path:
+    """The release file of the newest intact checkpoint of the newest run under ``runs_dir``
+    (committed, and matching its manifest's checksum); damaged newer ones are named on stderr."""
+    import sys
+
+    runs_dir = Path(runs_dir)
+    candidates = sorted(runs_dir.glob(f"*/checkpoints/*/{RELEASE_NAME}"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(candidates):
+        problem = verify(path.parent, only=RELEASE_NAME)
+        if problem is None:
+            return path
+        if (path.parent / "manifest.json").exists():  # an unfinished write is not worth a word
+            sys.stderr.write(f"skipping damaged checkpoint {path.parent}: {problem}\n")
+    where = runs_dir if runs_dir.exists() else f"{runs_dir} (which does not exist)"
+    raise UserError(f"no checkpoint found under {where}; train one with 'bfn train' or pass --checkpoint FILE")

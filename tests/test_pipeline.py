@@ -270,7 +270,7 @@ def test_bad_convert_input(runs, tmp_path):
 
 
 def test_render_takes_any_channel_count_and_refuses_incomplete_trajectories(tmp_path):
-    from bfncli.jobs.sample import SAMPLES_FORMAT
+    from bfncli.samples_file import SAMPLES_FORMAT
 
     meta = {"format": SAMPLES_FORMAT, "kind": "discretized_image", "num_bins": "16"}
     two = tmp_path / "two.safetensors"

@@ -7,7 +7,8 @@ import torch
 
 from bfncli.config import resolve_config
 from bfncli.errors import UserError
-from bfncli.jobs.train import DataOrder, config_changes
+from bfncli.jobs.data_order import DataOrder
+from bfncli.jobs.run_directory import config_changes
 from bfncli.training_state import (
     find_resumable,
     load_training_checkpoint,
@@ -129,7 +130,7 @@ def test_config_changes_ignore_what_does_not_alter_the_run():
 
 def test_library_write_failures_become_os_errors(tmp_path):
     # safetensors and torch.save raise their own types for a failed write; callers report OSErrors
-    from bfncli.checkpoint import save_tensors, write_errors_as_oserror
+    from bfncli.atomic_files import save_tensors, write_errors_as_oserror
 
     with pytest.raises(OSError, match="No such file or directory"):
         save_tensors({"x": torch.zeros(2)}, tmp_path / "missing" / "x.safetensors")

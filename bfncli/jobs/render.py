@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,45 +15,7 @@ from torch import Tensor
 
 from bfncli.data.examples import decode_text as decode
 from bfncli.errors import UserError
-from bfncli.jobs.sample import SAMPLES_FORMAT
-
-IMAGE_KINDS = ("binary_image", "discretized_image", "continuous_image")
-
-
-# ------------------------------------------------------------------------------- reading
-def parse_samples(data: bytes, where: str) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and metadata of a samples file's bytes, with one-line errors for anything else."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    if not data:
-        raise UserError(f"{where} is empty; pipe samples in (bfn sample | bfn render) or give a samples file")
-    try:
-        size = struct.unpack("<Q", data[:8])[0]
-        header = json.loads(data[8 : 8 + size]) if 8 + size <= len(data) else None
-        tensors = load(data)
-    except (struct.error, ValueError, SafetensorError, UnicodeDecodeError):
-        raise UserError(f"{where} is not a safetensors samples file; make one with bfn sample") from None
-    meta = (header or {}).get("__metadata__") or {}
-    if meta.get("format") == "bfn":
-        raise UserError(f"{where} is a bfn checkpoint, not samples; draw samples with bfn sample --checkpoint ...")
-    if meta.get("format") != SAMPLES_FORMAT or "samples" not in tensors:
-        raise UserError(f"{where} is a safetensors file but not bfn samples (no 'samples' tensor / kind)")
-    if meta.get("kind") not in IMAGE_KINDS + ("text",):
-        raise UserError(f"{where} holds samples of kind {meta.get('kind')!r}, which this bfn cannot render")
-    return tensors, meta
-
-
-def read_samples(path: Path) -> tuple[Tensor, dict[str, str]]:
-    tensors, meta = parse_samples(_read_bytes(path), f"'{path}'")
-    return tensors["samples"], meta
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as err:
-        raise UserError(f"cannot read '{path}': {err.strerror or err}") from None
+from bfncli.samples_file import parse_samples, read_samples_file
 
 
 # ------------------------------------------------------------------------------ pictures
@@ -143,9 +104,7 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
             raise UserError("no samples given: pipe them in (bfn sample | bfn render) or name a samples file")
         tensors, meta = parse_samples(sys.stdin.buffer.read(), "standard input")
     else:
-        if not Path(source).exists():
-            raise UserError(f"'{source}' does not exist")
-        tensors, meta = parse_samples(_read_bytes(source), f"'{source}'")
+        tensors, meta = read_samples_file(Path(source))
     kind, where = meta["kind"], "standard input" if source is None else f"'{source}'"
     if "flow_input" in tensors:
         if not {"flow_prediction", "flow_steps"} <= tensors.keys():

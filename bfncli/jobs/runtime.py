@@ -47,7 +47,7 @@ def setup(deterministic: bool = False) -> Runtime:
 
 def resolve_checkpoint(checkpoint: Optional[Path], runs_dir: Path, announce: bool = True) -> Path:
     """The checkpoint given, or the newest one under ``runs_dir`` (named on stderr)."""
-    from bfncli.checkpoint import find_latest
+    from bfncli.training_state import find_latest
 
     if checkpoint is not None:
         return Path(checkpoint)

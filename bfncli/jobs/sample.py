@@ -18,18 +18,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from bfncli.checkpoint import atomic_path, load_model, save_tensors
+from bfncli.atomic_files import atomic_path, save_tensors
+from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
 from bfncli.errors import UserError
 from bfncli.jobs.runtime import resolve_checkpoint, setup
-
-SAMPLES_FORMAT = "bfn-samples"
-
-
-def data_kind(model) -> str:
-    if not model.discrete:
-        return "discretized_image" if model.flow.output == "discretized_normal" else "continuous_image"
-    return "binary_image" if model.flow.n_classes == 2 else "text"
+from bfncli.samples_file import SAMPLES_FORMAT, samples_kind
 
 
 def parse_shape(text: Optional[str], model, default_count: int) -> tuple[int, ...]:
@@ -80,7 +74,7 @@ def run_sample(
     model, info = load_model(path, "cpu")
     cfg = resolve_config(base=info.config.to_dict(), sets=sets or [])
     model.to(runtime.device)
-    kind = data_kind(model)
+    kind = samples_kind(model)
     s = cfg.sample
     steps = steps or s.steps
     seed = s.seed if seed is None else seed

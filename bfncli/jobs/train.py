@@ -10,13 +10,9 @@ interrupted (an epoch boundary, mid-epoch, mid-accumulation, mid-checkpoint-writ
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
-import signal
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,99 +20,12 @@ import torch
 
 from bfncli.config import BFNConfig, resolve_config
 from bfncli.errors import UserError
+from bfncli.jobs.data_order import DataOrder, mix
+from bfncli.jobs.fault_injection import Faults
+from bfncli.jobs.run_directory import append_metrics, choose_run_dir, config_changes, truncate_metrics, write_config
 from bfncli.jobs.runtime import setup
-from bfncli.training_state import (
-    find_resumable,
-    load_training_checkpoint,
-    restore_optimizer,
-    save_training_checkpoint,
-    verify,
-)
-
-# Config fields that may change on resume: they do not alter the trajectory of the run.
-RESUMABLE_CHANGES = (
-    "description", "train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-    "train.val_every", "train.val_repeats", "train.val_batch_size", "train.max_val_batches", "train.trackers",
-    "train.max_nonfinite_steps", "data.data_dir", "data.download", "eval", "sample",
-)
-LARGE_DATASET = 10_000_000  # above this many examples, draw indices at random instead of epoch permutations
-
-
-class Faults:
-    """Fault injection for bfn's own tests, from the BFN_FAULT variable (never set in normal use):
-    ``kill:S:M`` SIGKILLs the process in step S before micro-step M; ``kill-save:S`` while step S's
-    checkpoint is half-written; ``nan:S1,S2,...`` makes those steps' losses NaN; ``check-sync``
-    verifies after every step that all processes hold identical parameters."""
-
-    def __init__(self, spec: str):
-        self.kill, self.kill_save, self.nan = None, None, set()
-        self.check_sync = "check-sync" in spec.split(";")
-        for part in filter(None, spec.split(";")):
-            kind, _, arg = part.partition(":")
-            if kind == "kill":
-                step, _, micro = arg.partition(":")
-                self.kill = (int(step), int(micro or 0))
-            elif kind == "kill-save":
-                self.kill_save = int(arg)
-            elif kind == "nan":
-                self.nan = {int(s) for s in arg.split(",")}
-
-    def at_micro_step(self, step: int, micro: int) -> None:
-        if self.kill == (step, micro):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def during_save(self, step: int) -> None:
-        if self.kill_save == step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def mix(*parts: Any) -> int:
-    """A 63-bit seed from any tuple of values (stable across runs and machines)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-# ------------------------------------------------------------------------------- data order
-class DataOrder:
-    """Which examples each (step, micro-step, rank) trains on: a pure function of the step.
-
-    The global batch of step s is positions [s B, (s+1) B) of the endless sequence of epochs, each
-    a permutation of the training set seeded by (seed, epoch). Ranks and micro-steps take
-    consecutive slices. Huge datasets (text8: every offset is an example) draw uniformly instead.
-    """
-
-    def __init__(self, n_examples: int, global_batch: int, micro_batch: int, seed: int):
-        self.n = n_examples
-        self.global_batch = global_batch
-        self.micro_batch = micro_batch
-        self.seed = seed
-        self._epoch: Optional[int] = None
-        self._perm: Optional[torch.Tensor] = None
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if self._epoch != epoch:
-            g = torch.Generator().manual_seed(mix(self.seed, "epoch", epoch))
-            self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
-        return self._perm
-
-    def indices(self, step: int, slot: int) -> torch.Tensor:
-        """Indices for micro-batch ``slot`` (= micro * world_size + rank) of optimizer step ``step``."""
-        if self.n > LARGE_DATASET:
-            g = torch.Generator().manual_seed(mix(self.seed, "draw", step, slot))
-            return torch.randint(0, self.n, (self.micro_batch,), generator=g)
-        start = step * self.global_batch + slot * self.micro_batch
-        positions = torch.arange(start, start + self.micro_batch)
-        epochs, offsets = positions // self.n, positions % self.n
-        out = torch.empty_like(positions)
-        for epoch in epochs.unique().tolist():
-            sel = epochs == epoch
-            out[sel] = self._permutation(int(epoch))[offsets[sel]]
-        return out
-
-    def position(self, step: int) -> dict[str, int]:
-        consumed = step * self.global_batch
-        return {"examples_seen": consumed, "epoch": consumed // self.n, "offset": consumed % self.n}
-
+from bfncli.jobs.stop_signals import StopFlag
+from bfncli.training_state import load_training_checkpoint, restore_optimizer, save_training_checkpoint
 
 # ------------------------------------------------------------------------------ the config
 def fit_to_data(cfg: BFNConfig, spec) -> BFNConfig:
@@ -156,52 +65,6 @@ def fit_to_data(cfg: BFNConfig, spec) -> BFNConfig:
     return resolve_config(base=tree, environ={})
 
 
-def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted paths whose values differ between two config dicts (ignoring RESUMABLE_CHANGES)."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        path = f"{prefix}{key}"
-        if path in RESUMABLE_CHANGES:
-            continue
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out.extend(config_changes(a, b, path + "."))
-        elif a != b:
-            out.append(f"{path}: {a!r} -> {b!r}")
-    return out
-
-
-# --------------------------------------------------------------------------------- signals
-class StopFlag:
-    """First SIGINT/SIGTERM: finish the step, checkpoint, exit 130/143. Second: exit at once."""
-
-    def __init__(self):
-        self.signum: Optional[int] = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            sys.stderr.write("\nsecond signal: exiting now (the last committed checkpoint is intact)\n")
-            os._exit(128 + signum)
-        self.signum = signum
-        sys.stderr.write("\nstopping after this step; writing a checkpoint (signal again to exit at once)\n")
-
-    def __exit__(self, *exc):
-        if self.signum is not None:
-            return  # the process is on its way out: a second signal must still exit at once
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signum or 0)
-
-
 # ------------------------------------------------------------------------------- the loop
 def run_training(
     cfg: BFNConfig,
@@ -215,7 +78,7 @@ def run_training(
 
     runtime = setup(deterministic)
     cfg = fit_to_data(cfg, data_spec(cfg.data))
-    run_dir, start_path = _on_main(runtime, lambda: _run_dir(Path(runs_dir), run_name, preset, resume, True))
+    run_dir, start_path = _on_main(runtime, lambda: choose_run_dir(Path(runs_dir), run_name, preset, resume, True))
     train_set = load_split(cfg.data, "train")
     val_set = load_split(cfg.data, "val") if cfg.train.val_every <= cfg.train.steps else None
     return Trainer(cfg, run_dir, runtime, train_set, val_set).run(start_path)
@@ -238,54 +101,6 @@ def _on_main(runtime, fn):
     if status == "error":
         raise UserError(*value)
     return value
-
-
-def _run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str], resume: Optional[str],
-             announce: bool) -> tuple[Path, Optional[Path]]:
-    """The run directory, and the checkpoint to start from (None: a fresh run)."""
-    if resume not in (None, "auto"):
-        path = Path(resume)
-        if not path.exists():
-            raise UserError(f"--resume {resume}: no such checkpoint; use --resume auto or a checkpoint directory")
-        if path.name == "checkpoints" or (path / "checkpoints").is_dir():
-            path = path if path.name == "checkpoints" else path / "checkpoints"
-            best, skipped = find_resumable(path.parent)
-            _report_skipped(skipped, announce)
-            if best is None:
-                raise UserError(f"--resume {resume}: no intact checkpoint there")
-            return path.parent, best
-        problem = verify(path)
-        if problem is not None:
-            raise UserError(f"--resume {resume}: {problem}")
-        return path.parent.parent, path
-    if resume == "auto":
-        if run_name is None:
-            runs = sorted((p for p in runs_dir.glob("*") if (p / "config.yaml").exists()),
-                          key=lambda p: p.stat().st_mtime)
-            if not runs:
-                raise UserError(f"--resume auto: no runs under {runs_dir}; start one without --resume")
-            run_dir = runs[-1]
-        else:
-            run_dir = runs_dir / run_name
-        best, skipped = find_resumable(run_dir)
-        _report_skipped(skipped, announce)
-        if best is None and announce:
-            sys.stderr.write(f"no checkpoint in {run_dir} yet: starting it from the beginning\n")
-        return run_dir, best
-    name = run_name or f"{preset or 'default'}-{datetime.now():%Y%m%d-%H%M%S}"
-    if name in (".", "..") or "/" in name or os.sep in name:
-        raise UserError(f"--run-name '{name}' must be a plain name (a folder under --runs-dir), not a path")
-    run_dir = runs_dir / name
-    if (run_dir / "config.yaml").exists():
-        raise UserError(f"run '{run_dir}' already exists; continue it with --resume auto --run-name {name}, "
-                        "or choose another --run-name")
-    return run_dir, None
-
-
-def _report_skipped(skipped: list[str], announce: bool) -> None:
-    if announce:
-        for note in skipped:
-            sys.stderr.write(f"skipping damaged checkpoint {note}\n")
 
 
 class Trainer:
@@ -349,7 +164,7 @@ class Trainer:
             if self.runtime.is_main:
                 try:
                     self.run_dir.mkdir(parents=True, exist_ok=True)
-                    _write_text(config_file, self.cfg.to_yaml())
+                    write_config(config_file, self.cfg.to_yaml())
                 except OSError as err:
                     raise UserError(f"cannot create the run directory '{self.run_dir}': {err.strerror or err}; "
                                     "choose another --runs-dir or fix its permissions") from None
@@ -375,7 +190,7 @@ class Trainer:
         for key in ("step", "skipped_steps", "nonfinite_streak", "best_val"):
             state[key] = info.get(key, state[key])
         if self.runtime.is_main:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
+            truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
             sys.stderr.write(f"resuming {self.run_dir.name} from step {state['step']} ({start_path.name})\n")
         return state
 
@@ -458,7 +273,7 @@ class Trainer:
                     record = {"step": done, "loss": m["loss"], "grad_norm": m["grad_norm"], "lr": m["lr"],
                               "steps_per_s": rate, "examples_per_s": rate * t.batch_size,
                               "skipped_steps": state["skipped_steps"]}
-                    _append_jsonl(metrics_file, record)
+                    append_metrics(metrics_file, record)
                     if t.trackers:
                         self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=done)
                     bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
@@ -518,7 +333,7 @@ class Trainer:
         total = result["total_mean"]
         if self.runtime.is_main:
             best = state["best_val"] is None or total < state["best_val"]
-            _append_jsonl(metrics_file, {"step": step, "val_loss": result["loss_mean"],
+            append_metrics(metrics_file, {"step": step, "val_loss": result["loss_mean"],
                                          "val_recon": result["recon_mean"], "val_total": total, "val_best": best})
             if best:
                 from bfncli.checkpoint import save_checkpoint
@@ -554,27 +369,3 @@ def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)
 
 
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines the interrupted run wrote after the checkpoint it resumes from."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except ValueError:
-            continue  # a line cut short by the interruption
-    _write_text(path, "".join(line + "\n" for line in keep))

@@ -61,7 +61,7 @@ def _load_known_image(path: Path, shape, kind: str, model) -> torch.Tensor:
     if not path.exists():
         raise UserError(f"--image '{path}' does not exist")
     if path.suffix == ".safetensors":
-        from bfncli.jobs.render import read_samples
+        from bfncli.samples_file import read_samples
 
         samples, meta = read_samples(path)
         if tuple(samples.shape[1:]) != shape:

@@ -1,0 +1,115 @@
+"""Writing files so that a crash, a kill or a full disk never leaves a half-written one in place.
+
+Everything bfn writes that a user keeps (checkpoints, samples, pictures, configs, caches) goes to a
+temporary name beside its final one, is flushed to the disk, and is renamed into place in one
+atomic step; the folder is flushed too, so that the rename itself survives a power cut. A failed
+write removes its temporary file and leaves whatever was there before untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+PARTIAL = ".partial"  # temporary files are named .NAME.partial-PID
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename into it); not every file system allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def partial_name(path: Path, suffix: str = PARTIAL) -> Path:
+    """The temporary name beside ``path`` used while it is written by this process."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{suffix}-{os.getpid()}")
+
+
+@contextmanager
+def atomic_path(path: Path, suffix: str = PARTIAL) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    tmp = partial_name(path, suffix)
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, durably: a crash leaves the old file or the new one."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Delete temporary files left in ``folder`` by writers that were killed (their process is gone)."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        found = re.fullmatch(r"\..+\.partial-(\d+)(\.[A-Za-z0-9]+)?", entry.name)
+        if found is None or not entry.is_file() or _alive(int(found.group(1))):
+            continue
+        try:
+            entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, but belongs to someone else
+        return True
+    return True
+
+
+@contextmanager
+def write_errors_as_oserror() -> Iterator[None]:
+    """safetensors and ``torch.save`` wrap a failed write (disk full, missing folder) in their own
+    exception types; turn those into an OSError with the system's message, which callers report."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, RuntimeError) as err:
+        found = re.search(r'message: "([^"]+)"', str(err))
+        raise OSError(found.group(1) if found else str(err).strip().splitlines()[-1]) from err
+
+
+def save_tensors(tensors: dict, path: Path, metadata: Optional[dict[str, str]] = None) -> None:
+    """``safetensors.torch.save_file`` whose failures are OSErrors."""
+    from safetensors.torch import save_file
+
+    with write_errors_as_oserror():
+        save_file(tensors, str(path), metadata=metadata)

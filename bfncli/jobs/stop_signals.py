@@ -1,0 +1,38 @@
+"""Stopping a training run cleanly on SIGINT/SIGTERM: finish the step, write a checkpoint, exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Optional
+
+
+class StopFlag:
+    """First SIGINT/SIGTERM: finish the step, checkpoint, exit 130/143. Second: exit at once."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            sys.stderr.write("\nsecond signal: exiting now (the last committed checkpoint is intact)\n")
+            os._exit(128 + signum)
+        self.signum = signum
+        sys.stderr.write("\nstopping after this step; writing a checkpoint (signal again to exit at once)\n")
+
+    def __exit__(self, *exc):
+        if self.signum is not None:
+            return  # the process is on its way out: a second signal must still exit at once
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or 0)
