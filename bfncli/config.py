@@ -18,11 +18,15 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Union, get_args
 
 import yaml
+
+from bfncli import yaml_loader
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bfncli.errors import UserError
@@ -33,10 +37,38 @@ ENV_PREFIX = "BFN_"
 RESERVED_ENV = {"BFN_CACHE_DIR", "BFN_RUNS_DIR", "BFN_FAULT"}
 
 
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+INT64_MAX = 2**63 - 1
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated, numbers
+    are finite, and true/false is not a number (pydantic alone would read ``batch_size: true`` as 1)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_numbers(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, value in data.items():
+            field = cls.model_fields.get(name)
+            if field is None:
+                continue  # unknown keys are refused with their own message
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(item, bool) for item in items) and not _accepts_bool(field.annotation):
+                raise PydanticCustomError("number_not_bool", "{field}: expects a number or a word, not true/false",
+                                          {"field": name})
+            if any(type(item) is int and abs(item) > INT64_MAX for item in items):
+                raise PydanticCustomError("int64", "{field}: is beyond the 64-bit integer range", {"field": name})
+        return data
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    """Whether a field's type admits true/false (bool, Optional[bool], a Literal of booleans, ...)."""
+    if annotation is bool:
+        return True
+    return any(arg is bool or (isinstance(arg, bool)) or _accepts_bool(arg) for arg in get_args(annotation))
 
 
 # --------------------------------------------------------------------------------------- data
@@ -244,7 +276,7 @@ class TrainConfig(Section):
     ema_decay: float = Field(0.9999, ge=0, lt=1)
     grad_clip_norm: float = Field(5.0, gt=0)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    seed: int = 666
+    seed: int = Field(666, ge=0, le=INT64_MAX, description="random seed: weights, data order, noise")
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(10_000, ge=1)
     keep_checkpoints: int = Field(2, ge=2, description="how many recent checkpoints to keep")
@@ -264,7 +296,7 @@ class EvalConfig(Section):
     steps: int = Field(0, ge=0, description="0: continuous-time loss; n: the n-step discrete-time loss")
     repeats: int = Field(1, ge=1)
     batch_size: int = Field(100, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=INT64_MAX, description="random seed")
 
 
 class SampleConfig(Section):
@@ -272,7 +304,7 @@ class SampleConfig(Section):
 
     steps: int = Field(100, ge=1)
     batch_size: int = Field(16, ge=1, description="samples drawn per network batch")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=INT64_MAX, description="random seed")
 
 
 # ---------------------------------------------------------------------------------------- root
@@ -323,9 +355,19 @@ class BFNConfig(BaseSettings):
             raise ValueError("data.dataset 'mnist' is binarized: it needs flow.n_classes=2")
         if data.dataset in ("text8", "text", "pyhelp") and (flow.kind != "discrete" or flow.n_classes != 27):
             raise ValueError(f"data.dataset '{data.dataset}' has 27 characters: it needs flow.n_classes=27")
-        if out.kind == "discretized_normal" and data.dataset in ("cifar10", "images", "digits"):
-            if out.num_bins != data.num_bins:
-                raise ValueError(f"output.num_bins ({out.num_bins}) must equal data.num_bins ({data.num_bins})")
+        if out.kind in ("discretized_normal", "delta") and data.dataset in ("cifar10", "images", "digits"):
+            # For a delta output the bins are those of its reconstruction loss: the data's own bins.
+            if out.num_bins is not None and out.num_bins != data.num_bins:
+                raise ValueError(f"output.num_bins ({out.num_bins}) must equal data.num_bins ({data.num_bins}); "
+                                 f"change both, e.g. --set output.num_bins={data.num_bins}")
+        if out.kind == "delta" and flow.kind == "continuous" and out.recon_std is not None:
+            # The reconstruction loss measures what is left uncertain at t = 1, about sigma_1 (the
+            # official code uses sigma_1, or 0.7 sigma_1 at 16 bins): a std far from it is a stale value.
+            sigma_1 = flow.min_variance ** 0.5
+            if not 0.5 <= out.recon_std / sigma_1 <= 2:
+                raise ValueError(f"output.recon_std ({out.recon_std:.4g}) does not fit sigma_1 = "
+                                 f"sqrt(flow.min_variance) = {sigma_1:.4g} (it must lie within 0.5-2 sigma_1); "
+                                 "set output.recon_std=null to use sigma_1")
         if isinstance(net, Transformer):
             if flow.kind != "discrete" or net.vocab_size != flow.n_classes:
                 raise ValueError("network.vocab_size must equal flow.n_classes")
@@ -397,7 +439,7 @@ def list_presets() -> dict[str, str]:
     """Preset name -> its one-line description."""
     out = {}
     for path in sorted(presets_dir().glob("*.yaml")):
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_loader.load(path.read_text()) or {}
         out[path.stem] = str(data.get("description", "")) if isinstance(data, dict) else ""
     return out
 
@@ -423,12 +465,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read config file '{path}': {getattr(err, 'strerror', None) or err}")
     try:
-        data = yaml.safe_load(text)
+        data = yaml_loader.load(text)
     except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise UserError(f"config file '{path}' is not valid YAML{at}: {problem}")
+        raise UserError(f"config file '{path}' is not valid YAML{yaml_loader.describe_error(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -442,7 +481,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
 def parse_value(text: str) -> Any:
     """A value from the command line or the environment, read as a YAML scalar or list."""
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return yaml_loader.load(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
 
@@ -477,9 +516,51 @@ def env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[st
         if not name.upper().startswith(ENV_PREFIX) or len(name) <= len(ENV_PREFIX) or name.upper() in RESERVED_ENV:
             continue
         path = tuple(name[len(ENV_PREFIX):].lower().split("__"))
+        if path not in known_paths():
+            _warn_unknown_env(name)
+            continue
         _set_path(out, path, parse_value(value))
         origin[path] = f"environment variable {name}"
     return out, origin
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_unknown_env(name: str) -> None:
+    """Environment variables are ambient (set for other tools, other runs): an unknown BFN_* one is
+    a warning, said once, never an error. Configs and --set stay strict."""
+    import sys
+
+    if name in _WARNED or os.environ.get("RANK", "0") != "0":
+        return
+    _WARNED.add(name)
+    known = sorted(ENV_PREFIX + "__".join(p).upper() for p in known_paths()) + sorted(RESERVED_ENV)
+    close = difflib.get_close_matches(name.upper(), known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    sys.stderr.write(f"bfn: ignoring environment variable {name}: no such config key{hint}\n")
+
+
+@lru_cache(maxsize=1)
+def known_paths() -> frozenset[tuple[str, ...]]:
+    """Every config key path (sections and fields, every network and flow kind's fields)."""
+    out: set[tuple[str, ...]] = set()
+
+    def walk(model: type[BaseModel], prefix: tuple[str, ...]) -> None:
+        for name, field in model.model_fields.items():
+            path = prefix + (name,)
+            out.add(path)
+            for sub in _models_in(field.annotation):
+                walk(sub, path)
+
+    walk(BFNConfig, ())
+    return frozenset(out)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -568,6 +649,9 @@ def describe_validation_error(err: ValidationError, origin: dict[tuple[str, ...]
     messages = []
     for item in err.errors(include_url=False):
         loc = tuple(str(part) for part in item["loc"])
+        if item["type"] in ("number_not_bool", "int64"):  # raised for a section: add the field to the path
+            loc += (str(item["ctx"]["field"]),)
+            item = {**item, "msg": str(item["msg"]).split(": ", 1)[1], "input": None}
         # Drop the union tag pydantic inserts (network.unet_vdm.n_blocks -> network.n_blocks).
         shown = tuple(p for i, p in enumerate(loc) if not (i == 1 and p in _VARIANTS))
         key = ".".join(shown)

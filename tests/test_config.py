@@ -135,9 +135,22 @@ def test_bad_values_name_the_field(sets, expected):
     assert "\n" not in str(err.value)
 
 
-def test_unknown_env_key_names_the_variable():
-    with pytest.raises(UserError, match="from environment variable BFN_TRAIN__BATCH"):
-        resolve("mnist", environ={"BFN_TRAIN__BATCH": "3"})
+def test_unknown_env_variable_is_a_warning_said_once_with_the_nearest_key(capsys):
+    from bfncli import config
+
+    config._WARNED.clear()
+    for _ in range(2):
+        cfg = resolve("mnist", environ={"BFN_TRAIN__BATCH": "3", "BFN_HOME": "/x", "BFN_TRAIN__STEPS": "7"})
+    assert cfg.train.steps == 7 and cfg.train.batch_size == 512
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2, lines  # once each, not once per resolution
+    assert "BFN_TRAIN__BATCH" in lines[1] and "did you mean BFN_TRAIN__BATCH_SIZE" in lines[1]
+    assert "BFN_HOME" in lines[0]
+
+
+def test_known_env_key_with_a_bad_value_is_still_an_error():
+    with pytest.raises(UserError, match="from environment variable BFN_TRAIN__BATCH_SIZE"):
+        resolve("mnist", environ={"BFN_TRAIN__BATCH_SIZE": "many"})
 
 
 def test_unknown_preset_suggests_and_lists():

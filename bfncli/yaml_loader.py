@@ -1,0 +1,62 @@
+"""YAML as bfn reads it: safe, strict about duplicate keys, and with YAML 1.2's booleans.
+
+PyYAML follows YAML 1.1, where ``no``, ``off``, ``yes`` and ``on`` are booleans: a config saying
+``mixed_precision: no`` (the documented value) would read as ``false``. bfn takes only
+``true``/``false`` as booleans, so that words stay words; fields that are booleans still accept
+``no``/``yes`` (pydantic reads those strings). A key given twice in one mapping is an error
+instead of the second silently replacing the first (a second ``train:`` section would drop the
+first one's settings). Nothing is ever constructed from tags: this is ``yaml.SafeLoader`` underneath.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_YAML12_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and duplicate keys refused."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with '<<' may be overridden: that is what merging is for
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the base class reports unhashable keys
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"key '{key}' appears twice (first at line {seen[key].line + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+# Replace YAML 1.1's boolean words (yes/no/on/off/y/n) with YAML 1.2's true/false only.
+StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+StrictLoader.add_implicit_resolver(_BOOL_TAG, _YAML12_BOOL, list("tTfF"))
+
+
+def load(text: str) -> Any:
+    """Parse YAML text with :class:`StrictLoader`; raises ``yaml.YAMLError`` like ``yaml.safe_load``."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
+
+
+def describe_error(err: yaml.YAMLError) -> str:
+    """' at line L, column C: problem' for a YAML error, as one line."""
+    where = getattr(err, "problem_mark", None)
+    at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+    problem = getattr(err, "problem", None) or "invalid YAML"
+    return f"{at}: {problem}"
