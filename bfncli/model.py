@@ -30,7 +30,7 @@ def make_flow(cfg: BFNConfig) -> Flow:
             num_bins=out.num_bins,
             noise_pred=out.noise_pred,
             clip=out.clip,
-            recon_num_bins=out.num_bins,
+            recon_num_bins=out.num_bins or cfg.data.num_bins,
             recon_std=out.recon_std,
             kl_samples=f.kl_samples,
         )
@@ -86,13 +86,13 @@ class BFN(nn.Module):
         theta = input_params
         b = theta.shape[0]
         t_net = t.reshape(b, *([1] * len(self.data_shape))).expand(b, *self.data_shape)
-        raw = self.net(self.flow.net_input(theta), t_net)
-        # Losses are computed in float32 whatever precision the network ran in.
-        params = raw.float().reshape(b, -1, raw.shape[-1])  # (B, D, parameters per dimension)
-        if self.discrete:
-            return self.flow.output_distribution(params)
-        d = params.shape[1]
-        return self.flow.output_distribution(params, theta.reshape(b, d).float(), t.reshape(b, 1).float())
+        raw = self.net(self.flow.net_input(theta), t_net)  # in the precision autocast chooses, if any
+        with float32(raw.device):
+            params = raw.float().reshape(b, -1, raw.shape[-1])  # (B, D, parameters per dimension)
+            if self.discrete:
+                return self.flow.output_distribution(params)
+            d = params.shape[1]
+            return self.flow.output_distribution(params, theta.reshape(b, d).float(), t.reshape(b, 1).float())
 
     def forward(self, x: Tensor, n_steps: int = 0, generator: Optional[torch.Generator] = None) -> Tensor:
         """The training loss (so that DistributedDataParallel sees a forward call)."""
@@ -111,19 +111,30 @@ class BFN(nn.Module):
     def loss(self, x: Tensor, n_steps: int = 0, generator: Optional[torch.Generator] = None) -> Tensor:
         """The loss of a batch in nats per data dimension: continuous-time (``n_steps`` = 0) or n-step."""
         t = self.sample_t(x.shape[0], n_steps, x.device, generator)
-        theta = self.flow.flow_sample(x, self._per_example(t, x), generator)
+        with float32(x.device):
+            theta = self.flow.flow_sample(x, self._per_example(t, x), generator)
         dist = self.predict(theta, t)
-        flat = x.reshape(x.shape[0], -1)
-        t_flat = t.reshape(-1, 1)
-        if n_steps:
-            per_dim = self.flow.discrete_time_loss(flat, dist, t_flat, n_steps, generator)
-        else:
-            per_dim = self.flow.continuous_time_loss(flat, dist, t_flat)
-        return per_dim.mean()
+        with float32(x.device):
+            flat = x.reshape(x.shape[0], -1)
+            t_flat = t.reshape(-1, 1)
+            if n_steps:
+                per_dim = self.flow.discrete_time_loss(flat, dist, t_flat, n_steps, generator)
+            else:
+                per_dim = self.flow.continuous_time_loss(flat, dist, t_flat)
+            return per_dim.mean()
 
     def reconstruction_loss(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         """-log p_O(x | theta, 1) per data dimension, theta drawn from the flow at t = 1."""
         t = torch.ones(x.shape[0], device=x.device)
-        theta = self.flow.flow_sample(x, self._per_example(t, x), generator)
+        with float32(x.device):
+            theta = self.flow.flow_sample(x, self._per_example(t, x), generator)
         dist = self.predict(theta, t)
-        return self.flow.reconstruction_loss(x.reshape(x.shape[0], -1), dist).mean()
+        with float32(x.device):
+            return self.flow.reconstruction_loss(x.reshape(x.shape[0], -1), dist).mean()
+
+
+def float32(device: torch.device):
+    """A region where autocast is off: the flow's mathematics (bin probabilities, their means, the
+    losses) stays in float32 whatever precision the network runs in, as in the official code.
+    Under bf16 autocast, ``probs @ centres`` alone moved a 256-bin loss by 15%."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
