@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from bfncli.atomic_files import atomic_path, write_errors_as_oserror
-from bfncli.checkpoint import check_state_dict, load_tensors, read_info, save_checkpoint
+from bfncli.checkpoint import check_dtypes, check_state_dict, load_tensors, read_info, save_checkpoint
 from bfncli.config import BFNConfig, deep_merge, load_preset, load_yaml, resolve_config
 from bfncli.errors import UserError
 
@@ -161,6 +161,13 @@ def read_official(path: Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"'{path}' does not exist" if not path.exists() else f"'{path}' is not a file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise UserError(f"'{path}' is empty; it is not a PyTorch checkpoint (was the download cut short?)")
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save writes a zip archive, or a pickle before 1.6
+        raise UserError(f"'{path}' is not a PyTorch checkpoint (neither a zip archive nor a pickle); "
+                        "give the official .pt file")
     try:
         # mmap: tensors are read when copied, under save_checkpoint's progress bar. torch warns about
         # what it refused to unpickle; the error below says it in one line.
@@ -170,8 +177,9 @@ def read_official(path: Path) -> dict[str, Tensor]:
     except pickle.UnpicklingError:
         raise UserError(f"'{path}' is not a plain state dict of tensors (it needs arbitrary code to load); "
                         "bfn only reads weights_only checkpoints") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"cannot read '{path}' as a PyTorch checkpoint ({str(err).splitlines()[0][:120]}); "
+    except Exception as err:  # a damaged or foreign file can fail the unpickler in any way (KeyError, EOFError...)
+        reason = (str(err).strip().splitlines() or [""])[0][:120]
+        raise UserError(f"cannot read '{path}' as a PyTorch checkpoint ({type(err).__name__}: {reason}); "
                         "is it truncated or corrupted?") from None
     if not isinstance(obj, dict) or not obj:
         raise UserError(f"'{path}' holds a {type(obj).__name__}, not a state dict of tensors")
@@ -272,8 +280,10 @@ def to_bfn(source: Path, output: Path, preset: Optional[str], official_config: O
         if not preset:
             _say(f"recognised the weights as preset '{name}'")
         cfg = resolve_config(name, sets=sets)
-    check_state_dict(expected_shapes(cfg), tensors, f"'{source}'")
-    ordered = OrderedDict((k, tensors[k]) for k in expected_shapes(cfg))
+    expected = expected_shapes(cfg)
+    check_state_dict(expected, tensors, f"'{source}'")
+    check_dtypes(expected, tensors, f"'{source}'")
+    ordered = OrderedDict((k, tensors[k]) for k in expected)
     save_checkpoint(output, ordered, cfg, weights="ema", step=0,
                     extra={"converted_from": source.name})
     _say(f"wrote {output} ({sum(t.numel() for t in ordered.values()):,} parameters, config: {cfg.description or '-'})")
@@ -289,6 +299,7 @@ def to_official(source: Path, output: Path, force: bool) -> Path:
     tensors = load_tensors(source)
     expected = expected_shapes(info.config)
     check_state_dict(expected, tensors, f"checkpoint '{source}'")
+    check_dtypes(expected, tensors, f"checkpoint '{source}'")
     state = OrderedDict((PREFIX + k, tensors[k]) for k in expected)
     try:
         with atomic_path(output) as tmp, write_errors_as_oserror():

@@ -157,16 +157,18 @@ def verify(path: Path, only: Optional[str] = None) -> Optional[str]:
         return "no manifest (the write never finished)"
     try:
         manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        files = {str(name): (int(expect["bytes"]), str(expect["sha256"])) for name, expect in manifest["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return "unreadable manifest"
-    for name, expect in files.items():
+    if only is not None and only not in files:
+        return f"the manifest does not list {only}"
+    for name, (size, sha256) in files.items():
         if only is not None and name != only:
             continue
         file = Path(path) / name
         if not file.exists():
             return f"{name} is missing"
-        if file.stat().st_size != expect["bytes"] or _sha256(file) != expect["sha256"]:
+        if file.stat().st_size != size or _sha256(file) != sha256:
             return f"{name} does not match its checksum"
     return None
 

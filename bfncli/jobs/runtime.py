@@ -11,6 +11,8 @@ from typing import Optional
 
 import torch
 
+from bfncli.errors import UserError
+
 
 @dataclass
 class Runtime:
@@ -47,10 +49,17 @@ def setup(deterministic: bool = False) -> Runtime:
 
 def resolve_checkpoint(checkpoint: Optional[Path], runs_dir: Path, announce: bool = True) -> Path:
     """The checkpoint given, or the newest one under ``runs_dir`` (named on stderr)."""
-    from bfncli.training_state import find_latest
+    from bfncli.checkpoint import RELEASE_NAME
+    from bfncli.training_state import MANIFEST, find_latest, verify
 
     if checkpoint is not None:
-        return Path(checkpoint)
+        path = Path(checkpoint)
+        # A training checkpoint's release file is also checked against its directory's manifest.
+        if path.name == RELEASE_NAME and (path.parent / MANIFEST).is_file():
+            problem = verify(path.parent, only=RELEASE_NAME)
+            if problem is not None:
+                raise UserError(f"checkpoint '{path}' is damaged ({problem}); use another checkpoint of the run")
+        return path
     path = find_latest(runs_dir)
     if announce:
         sys.stderr.write(f"using checkpoint {path}\n")
