@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click import exceptions as click_errors
 
 from bfncli import __version__
-from bfncli.errors import UserError
+from bfncli.errors import Interrupted, UserError, raise_interrupted
 
 app = typer.Typer(
     name="bfn",
@@ -241,6 +241,7 @@ def sample(
     image: Optional[Path] = typer.Option(None, "--image", help="Inpainting: an image file or a samples file."),
     mask: Optional[str] = typer.Option(None, "--mask", help="Inpainting: a mask image (white = unknown) or a box 'top,left,height,width'."),
     sets: List[str] = SetOpt,
+    force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
     deterministic: bool = DeterministicOpt,
 ) -> None:
     """Draw samples with the paper's sampler (optionally conditional), as safetensors."""
@@ -249,7 +250,7 @@ def sample(
     run_sample(
         checkpoint=checkpoint, runs_dir=runs_dir, shape=shape, steps=steps, seed=seed, batch_size=batch_size,
         output=output, trajectory=trajectory, frames=frames, prompt=prompt, template=template, image=image,
-        mask=mask, sets=sets, deterministic=deterministic,
+        mask=mask, sets=sets, deterministic=deterministic, force=force,
     )
 
 
@@ -313,6 +314,9 @@ def convert(
 # -------------------------------------------------------------------------------- main
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: run the app; turn user errors into one line and an exit code."""
+    import signal
+
+    signal.signal(signal.SIGINT, raise_interrupted)  # see Interrupted: typer would swallow KeyboardInterrupt
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
     where = "bfn" + (f" {args[0]}" if args and args[0] in getattr(command, "commands", {}) else "")
@@ -332,10 +336,19 @@ def main(argv: Optional[list[str]] = None) -> None:
         if os.environ.get("RANK", "0") != "0":  # under torchrun/accelerate every process would say the same
             sys.exit(err.exit_code)
         _fail(f"{where}: {err}", err.exit_code)
-    except KeyboardInterrupt:
-        _fail(f"{where}: interrupted", 130)
+    except (KeyboardInterrupt, Interrupted) as err:
+        note = getattr(err, "note", "")
+        if os.environ.get("RANK", "0") != "0":
+            sys.exit(130)
+        _fail(f"{where}: interrupted" + (f"; {note}" if note else ""), 130)
     except BrokenPipeError:
         _quiet_broken_pipe()
+    except (MemoryError, RuntimeError) as err:
+        message = out_of_memory_message(err)
+        if message is None:
+            raise
+        code = 1
+        _fail(f"{where}: {message}", 1)
     finally:
         _close_process_group(succeeded=code in (0, None))
     sys.exit(code if isinstance(code, int) else 0)
@@ -356,6 +369,27 @@ def _close_process_group(succeeded: bool) -> None:
         dist_module.destroy_process_group()
     except Exception:  # a peer has already gone: nothing left to shut down cleanly
         pass
+
+
+def out_of_memory_message(err: BaseException) -> Optional[str]:
+    """One line for an allocation that failed (CPU or GPU), saying how much was asked for; None if
+    ``err`` is not about memory."""
+    import re
+
+    text = str(err)
+    cpu = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    gpu = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", text)
+    if cpu:
+        needed = f"{int(cpu.group(1)) / 2**30:.1f} GiB"
+    elif gpu:
+        needed = gpu.group(1)
+    elif isinstance(err, MemoryError) or "out of memory" in text.lower():
+        needed = None
+    else:
+        return None
+    asked = f" (one allocation asked for {needed})" if needed else ""
+    return (f"out of memory{asked}; use a smaller batch (--batch-size, train.batch_size, or more train.accumulate "
+            "steps), fewer samples, or smaller images")
 
 
 def _fail(message: str, code: int) -> None:

@@ -24,7 +24,7 @@ import torch
 
 from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
-from bfncli.errors import UserError
+from bfncli.errors import Interrupted, UserError
 from bfncli.jobs.runtime import Runtime, resolve_checkpoint, setup
 
 
@@ -89,23 +89,27 @@ def estimate(model, examples, n_steps: int, repeats: int, batch_size: int, seed:
     bar = tqdm(total=len(mine) * len(starts), desc="eval", unit="batch", file=sys.stderr, disable=None if progress else True,
                dynamic_ncols=True)
     device = runtime.device
-    for r in mine:
-        data_gen = torch.Generator().manual_seed(_repeat_seed(seed, r, 0))
-        gen = torch.Generator(device=device).manual_seed(_repeat_seed(seed, r, 1))
-        loss_sum = torch.zeros((), device=device)
-        recon_sum = torch.zeros((), device=device)
-        for start in starts:
-            index = torch.arange(start, min(start + batch_size, n))
-            x = examples.batch(index, data_gen).to(device)
-            loss_sum += model.loss(x, n_steps, gen)
-            recon_sum += model.reconstruction_loss(x, gen)
-            bar.update()
-        done[r] = (loss_sum.item() / len(starts), recon_sum.item() / len(starts))
-        if state:
-            state.save(done)
-        if progress:
-            totals = [a + b for a, b in done.values()]
-            bar.set_postfix(total=f"{sum(totals) / len(totals):.4f}", repeats=f"{len(done)}/{repeats}")
+    try:
+        for r in mine:
+            data_gen = torch.Generator().manual_seed(_repeat_seed(seed, r, 0))
+            gen = torch.Generator(device=device).manual_seed(_repeat_seed(seed, r, 1))
+            loss_sum = torch.zeros((), device=device)
+            recon_sum = torch.zeros((), device=device)
+            for start in starts:
+                index = torch.arange(start, min(start + batch_size, n))
+                x = examples.batch(index, data_gen).to(device)
+                loss_sum += model.loss(x, n_steps, gen)
+                recon_sum += model.reconstruction_loss(x, gen)
+                bar.update()
+            done[r] = (loss_sum.item() / len(starts), recon_sum.item() / len(starts))
+            if state:
+                state.save(done)
+            if progress:
+                totals = [a + b for a, b in done.values()]
+                bar.set_postfix(total=f"{sum(totals) / len(totals):.4f}", repeats=f"{len(done)}/{repeats}")
+    except Interrupted:
+        kept = f"the {len(done)} finished repeats are kept: run the same command again to continue" if state else ""
+        raise Interrupted(kept) from None
     bar.close()
     done = _gather(done, runtime)
     values = [done[r] for r in range(repeats)]
@@ -206,8 +210,9 @@ class _State:
         done: dict[int, tuple[float, float]] = {}
         for file in self.dir.glob(f"{self.key}.rank*.json"):
             try:
-                done.update({int(k): tuple(v) for k, v in json.loads(file.read_text()).items()})
-            except (OSError, ValueError):
+                saved = json.loads(file.read_text())
+                done.update({int(k): (float(v[0]), float(v[1])) for k, v in saved.items() if len(v) == 2})
+            except (OSError, ValueError, TypeError, AttributeError, KeyError, IndexError):
                 continue  # a damaged progress file only costs its repeats
         return done
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import signal
 
+from bfncli.errors import UserError
+
 
 class Faults:
     """Fault injection for bfn's own tests, from the BFN_FAULT variable (never set in normal use):
@@ -20,13 +22,19 @@ class Faults:
         self.check_sync = "check-sync" in spec.split(";")
         for part in filter(None, spec.split(";")):
             kind, _, arg = part.partition(":")
-            if kind == "kill":
-                step, _, micro = arg.partition(":")
-                self.kill = (int(step), int(micro or 0))
-            elif kind == "kill-save":
-                self.kill_save = int(arg)
-            elif kind == "nan":
-                self.nan = {int(s) for s in arg.split(",")}
+            try:
+                if kind == "kill":
+                    step, _, micro = arg.partition(":")
+                    self.kill = (int(step), int(micro or 0))
+                elif kind == "kill-save":
+                    self.kill_save = int(arg)
+                elif kind == "nan":
+                    self.nan = {int(s) for s in arg.split(",")}
+                elif kind != "check-sync":
+                    raise ValueError(kind)
+            except ValueError:
+                raise UserError(f"BFN_FAULT: cannot read '{part}'; it takes kill:STEP[:MICRO], kill-save:STEP, "
+                                "nan:STEP,STEP,... or check-sync, joined by ';' (unset it for normal use)") from None
 
     def at_micro_step(self, step: int, micro: int) -> None:
         if self.kill == (step, micro):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -15,6 +14,7 @@ from torch import Tensor
 
 from bfncli.data.examples import decode_text as decode
 from bfncli.errors import UserError
+from bfncli.jobs.run_directory import read_metrics
 from bfncli.samples_file import parse_samples, read_samples_file
 
 
@@ -209,15 +209,15 @@ def render_run(run_dir: Path, output: Optional[Path]) -> Path:
     if not metrics.exists():
         raise UserError(f"'{run_dir}' is not a bfn run directory (no metrics.jsonl); train one with bfn train")
     train, val = [], []
-    for line in metrics.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if "loss" in record:
+    try:
+        records = read_metrics(metrics)
+    except OSError as err:
+        raise UserError(f"cannot read '{metrics}': {err.strerror or err}") from None
+    for record in records:
+        if isinstance(record.get("loss"), (int, float)):
             train.append((record["step"], record["loss"]))
-        if "val_total" in record:
-            val.append((record["step"], record["val_total"]))
+        if isinstance(record.get("val_loss"), (int, float)):
+            val.append((record["step"], record["val_loss"]))
     if not train:
         raise UserError(f"'{metrics}' has no training steps yet")
     output = output or run_dir / "loss.png"
@@ -229,7 +229,7 @@ def render_run(run_dir: Path, output: Optional[Path]) -> Path:
         smooth = torch.tensor(losses).unfold(0, window, 1).mean(-1).tolist()
         ax.plot(steps[window - 1 :], smooth, lw=1.5, label=f"training loss (mean of {window})")
     if val:
-        ax.plot(*zip(*val), "o-", label="validation (EMA, loss + reconstruction)")
+        ax.plot(*zip(*val), "o-", label="validation (EMA, continuous-time loss)")
     ax.set_xlabel("step")
     ax.set_ylabel("nats per dimension")
     ax.set_yscale("log")

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
+from bfncli.atomic_files import remove_stale_partials, write_text_atomic
 from bfncli.errors import UserError
 from bfncli.training_state import find_resumable, verify
 
@@ -78,9 +79,66 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
         raise UserError(f"--run-name '{name}' must be a plain name (a folder under --runs-dir), not a path")
     run_dir = runs_dir / name
     if (run_dir / "config.yaml").exists():
-        raise UserError(f"run '{run_dir}' already exists; continue it with --resume auto --run-name {name}, "
-                        "or choose another --run-name")
+        if not never_got_anywhere(run_dir):
+            raise UserError(f"run '{run_dir}' already exists; continue it with --resume auto --run-name {name}, "
+                            "or choose another --run-name")
+        if announce:
+            sys.stderr.write(f"run '{name}' stopped before its first checkpoint: starting it afresh\n")
     return run_dir, None
+
+
+def never_got_anywhere(run_dir: Path) -> bool:
+    """A run that stopped before its first checkpoint and validation: nothing of it is worth keeping,
+    so its name is free again (its config and metrics are replaced)."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    has_checkpoint = checkpoints.is_dir() and any(p.name.startswith("step-") for p in checkpoints.iterdir())
+    return not has_checkpoint and not (Path(run_dir) / "best.safetensors").exists()
+
+
+def start_run_dir(run_dir: Path, config_yaml: str) -> None:
+    """Set up the folder of a run that starts at step 0: its config, no metrics from an earlier
+    attempt that never reached a checkpoint, no temporary files left by killed writers."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", config_yaml)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot set up the run directory '{run_dir}': {err.strerror or err}; "
+                        "choose another --runs-dir, free disk space or fix its permissions", exit_code=1) from None
+    remove_stale_partials(run_dir)
+
+
+def check_resumed_config(run_dir: Path, checkpoint_config: dict, new_config: dict) -> None:
+    """Refuse to resume with a config that changes the run, compared with the run's config.yaml (or,
+    where that is missing, the config inside the checkpoint); then record the config resumed with."""
+    path = Path(run_dir) / "config.yaml"
+    old = checkpoint_config
+    if path.exists():
+        old = read_run_config(path)
+    changes = config_changes(old, new_config)
+    if changes:
+        raise UserError("cannot resume with a config that changes the run: " + "; ".join(changes[:6])
+                        + (f" and {len(changes) - 6} more" if len(changes) > 6 else "")
+                        + " (start a new --run-name instead)")
+
+
+def read_run_config(path: Path) -> dict:
+    import yaml
+
+    from bfncli import yaml_loader
+
+    hint = "delete it to resume with the config stored in the checkpoint"
+    try:
+        data = yaml_loader.load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read the run's config '{path}' ({getattr(err, 'strerror', None) or err}); {hint}") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"the run's config '{path}' is damaged (not valid YAML{yaml_loader.describe_error(err)}); "
+                        f"{hint}") from None
+    if not isinstance(data, dict) or not data:
+        what = "empty" if not data else f"a {type(data).__name__}, not a mapping of sections"
+        raise UserError(f"the run's config '{path}' is damaged ({what}); {hint}")
+    return data
 
 
 def report_skipped(skipped: list[str], announce: bool) -> None:
@@ -90,26 +148,37 @@ def report_skipped(skipped: list[str], announce: bool) -> None:
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+    except OSError as err:
+        raise UserError(f"cannot append to '{path}': {err.strerror or err}; free disk space and resume with "
+                        "--resume auto (the last checkpoint is intact)", exit_code=1) from None
 
 
-def write_config(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics file; lines that are not JSON objects (cut short by a crash, damaged,
+    not UTF-8) are skipped."""
+    records = []
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                records.append(record)
+    return records
 
 
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines the interrupted run wrote after the checkpoint it resumes from."""
     if not path.exists():
         return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except ValueError:
-            continue  # a line cut short by the interruption
-    write_config(path, "".join(line + "\n" for line in keep))
+    keep = [json.dumps(r) + "\n" for r in read_metrics(path) if r["step"] <= step]
+    try:
+        write_text_atomic(path, "".join(keep))
+    except OSError as err:
+        raise UserError(f"cannot rewrite '{path}': {err.strerror or err}; free disk space or fix its permissions",
+                        exit_code=1) from None

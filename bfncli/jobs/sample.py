@@ -58,27 +58,29 @@ def run_sample(
     mask: Optional[str] = None,
     sets: Optional[list[str]] = None,
     deterministic: bool = False,
+    force: bool = False,
 ) -> Optional[Path]:
     from bfncli.samplers import SampleNoise, ancestral
     from bfncli.samplers.condition import image_condition, text_condition
 
-    if output is None and sys.stdout.isatty():
-        raise UserError("samples are binary (safetensors): pipe them (bfn sample | bfn render) or pass -o FILE")
-    if output is not None and output.suffix != ".safetensors":
+    if output is None:
+        _check_stdout()
+    elif output.suffix != ".safetensors":
         raise UserError(f"samples are written as .safetensors; name the output e.g. '{output.with_suffix('.safetensors')}'")
     for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--frames", frames)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
     runtime = setup(deterministic)
     path = resolve_checkpoint(checkpoint, runs_dir)
+    if output is not None:
+        _check_output(output, path, force)
     model, info = load_model(path, "cpu")
-    cfg = resolve_config(base=info.config.to_dict(), sets=sets or [])
+    flags = {"sample": {k: v for k, v in (("steps", steps), ("seed", seed), ("batch_size", batch_size)) if v is not None}}
+    cfg = resolve_config(base=info.config.to_dict(), sets=sets or [], flags=flags)
     model.to(runtime.device)
     kind = samples_kind(model)
     s = cfg.sample
-    steps = steps or s.steps
-    seed = s.seed if seed is None else seed
-    chunk = batch_size or s.batch_size
+    steps, seed, chunk = s.steps, s.seed, s.batch_size
     full_shape = parse_shape(shape, model, 16 if kind != "text" else 4)
 
     condition = None
@@ -158,13 +160,44 @@ def _view_prediction(model, dist) -> Tensor:
     return (probs[..., 1] if model.flow.n_classes == 2 else probs).float()
 
 
+def _check_stdout() -> None:
+    """Samples go to standard output only when it is a pipe or a file that is open."""
+    stream = sys.stdout
+    try:
+        usable = stream is not None and stream.fileno() >= 0
+    except (OSError, ValueError):
+        usable = False
+    if not usable:
+        raise UserError("standard output is closed; pass -o FILE to write the samples to a file")
+    if stream.isatty():
+        raise UserError("samples are binary (safetensors): pipe them (bfn sample | bfn render) or pass -o FILE")
+
+
+def _check_output(output: Path, checkpoint: Path, force: bool) -> None:
+    """Never overwrite the checkpoint being sampled from; anything else only with --force."""
+    if output.exists() and checkpoint.exists() and output.resolve() == checkpoint.resolve():
+        raise UserError(f"-o '{output}' is the checkpoint being sampled from; choose another output file")
+    if output.is_dir():
+        raise UserError(f"-o '{output}' is a folder; give a file name such as '{output / 'samples.safetensors'}'")
+    if output.exists() and not force:
+        raise UserError(f"'{output}' already exists; pass --force to overwrite it or choose another -o")
+    if not output.parent.is_dir():
+        raise UserError(f"the output folder '{output.parent}' does not exist")
+
+
 def _write(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Path]) -> Optional[Path]:
     from safetensors.torch import save
 
     if output is None:
         data = save(tensors, metadata=meta)
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise  # the reader went away: the CLI ends quietly
+        except OSError as err:
+            raise UserError(f"cannot write the samples to standard output: {err.strerror or err}; pass -o FILE",
+                            exit_code=1) from None
         return None
     try:
         with atomic_path(output) as tmp:

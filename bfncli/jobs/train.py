@@ -22,7 +22,14 @@ from bfncli.config import BFNConfig, resolve_config
 from bfncli.errors import UserError
 from bfncli.jobs.data_order import DataOrder, mix
 from bfncli.jobs.fault_injection import Faults
-from bfncli.jobs.run_directory import append_metrics, choose_run_dir, config_changes, truncate_metrics, write_config
+from bfncli.atomic_files import remove_stale_partials, write_text_atomic
+from bfncli.jobs.run_directory import (
+    append_metrics,
+    check_resumed_config,
+    choose_run_dir,
+    start_run_dir,
+    truncate_metrics,
+)
 from bfncli.jobs.runtime import setup
 from bfncli.jobs.stop_signals import StopFlag
 from bfncli.training_state import load_training_checkpoint, restore_optimizer, save_training_checkpoint
@@ -59,7 +66,7 @@ def fit_to_data(cfg: BFNConfig, spec) -> BFNConfig:
             net["output_adapter"]["input_height"] = net["out_channels"] + skip
         if spec.num_bins:
             tree["data"]["num_bins"] = spec.num_bins
-            if cfg.output.kind == "discretized_normal":
+            if cfg.output.kind in ("discretized_normal", "delta"):
                 tree["output"]["num_bins"] = spec.num_bins
     tree["network"] = net
     return resolve_config(base=tree, environ={})
@@ -79,6 +86,11 @@ def run_training(
     runtime = setup(deterministic)
     cfg = fit_to_data(cfg, data_spec(cfg.data))
     run_dir, start_path = _on_main(runtime, lambda: choose_run_dir(Path(runs_dir), run_name, preset, resume, True))
+    if start_path is not None:  # before any data is touched
+        from bfncli.checkpoint import read_info
+
+        stored = read_info(start_path / "model.safetensors").config.to_dict()
+        check_resumed_config(run_dir, stored, cfg.to_dict())
     train_set = load_split(cfg.data, "train")
     val_set = load_split(cfg.data, "val") if cfg.train.val_every <= cfg.train.steps else None
     return Trainer(cfg, run_dir, runtime, train_set, val_set).run(start_path)
@@ -157,28 +169,11 @@ class Trainer:
 
     # ---------------------------------------------------------------------------- resume
     def _start(self, start_path: Optional[Path]) -> dict[str, Any]:
-        state = {"step": 0, "skipped_steps": 0, "nonfinite_streak": 0, "best_val": None}
-        config_file = self.run_dir / "config.yaml"
-        # decided once, by the main process, for all: none may see the file the main one writes next
-        if start_path is None and not _on_main(self.runtime, config_file.exists):
+        state = {"step": 0, "skipped_steps": 0, "nonfinite_streak": 0, "best_val_loss": None}
+        if start_path is None:  # a new run, or one that stopped before its first checkpoint
             if self.runtime.is_main:
-                try:
-                    self.run_dir.mkdir(parents=True, exist_ok=True)
-                    write_config(config_file, self.cfg.to_yaml())
-                except OSError as err:
-                    raise UserError(f"cannot create the run directory '{self.run_dir}': {err.strerror or err}; "
-                                    "choose another --runs-dir or fix its permissions") from None
+                start_run_dir(self.run_dir, self.cfg.to_yaml())
             self.accelerator.wait_for_everyone()
-            return state
-        if config_file.exists():
-            import yaml
-
-            changes = config_changes(yaml.safe_load(config_file.read_text()), self.cfg.to_dict())
-            if changes:
-                raise UserError("cannot resume with a config that changes the run: " + "; ".join(changes[:6])
-                                + (f" and {len(changes) - 6} more" if len(changes) > 6 else "")
-                                + " (start a new --run-name instead)")
-        if start_path is None:
             return state
         tensors, info = load_training_checkpoint(start_path)
         model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -187,10 +182,12 @@ class Trainer:
         self.ema.net.load_state_dict(ema_sd)
         restore_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
                           {k: v for k, v in tensors.items() if k.startswith("optim.")}, info["optimizer"])
-        for key in ("step", "skipped_steps", "nonfinite_streak", "best_val"):
+        for key in ("step", "skipped_steps", "nonfinite_streak", "best_val_loss"):
             state[key] = info.get(key, state[key])
         if self.runtime.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
+            remove_stale_partials(self.run_dir)
+            write_text_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())  # with any resumable changes
             sys.stderr.write(f"resuming {self.run_dir.name} from step {state['step']} ({start_path.name})\n")
         return state
 
@@ -313,7 +310,7 @@ class Trainer:
 
     def _save(self, step: int, state: dict[str, Any]) -> None:
         if self.runtime.is_main:
-            info = {k: state[k] for k in ("skipped_steps", "nonfinite_streak", "best_val")}
+            info = {k: state[k] for k in ("skipped_steps", "nonfinite_streak", "best_val_loss")}
             info["data_position"] = self.order.position(step)
             save_training_checkpoint(self.run_dir, step, self.cfg, self.unwrapped.net.state_dict(),
                                      self.ema.net.state_dict(), _inner(self.optimizer), info,
@@ -322,39 +319,50 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _validate(self, step: int, state: dict[str, Any], metrics_file: Path) -> None:
+        """The EMA weights' continuous-time loss on the validation split (what the official code
+        validates with); the best one so far is kept as best.safetensors. The reconstruction loss
+        is logged beside it but does not decide: it measures the data's quantisation, not progress."""
         from bfncli.jobs.evaluate import estimate
 
         t = self.cfg.train
         examples = self.val_set
         if t.max_val_batches > 0 and len(examples) > t.max_val_batches * t.val_batch_size:
-            examples = _Prefix(examples, t.max_val_batches * t.val_batch_size)
+            # Random windows (text8: every offset is an example), the same at every validation so
+            # that validations compare like with like; never a prefix of consecutive, overlapping ones.
+            examples = _RandomSample(examples, t.max_val_batches * t.val_batch_size, mix(t.seed, "val-sample"))
         result = estimate(self.ema, examples, 0, t.val_repeats, t.val_batch_size, mix(t.seed, "val", step),
                           self.runtime, progress=False)
-        total = result["total_mean"]
+        loss = result["loss_mean"]
+        best = state["best_val_loss"] is None or loss < state["best_val_loss"]
         if self.runtime.is_main:
-            best = state["best_val"] is None or total < state["best_val"]
-            append_metrics(metrics_file, {"step": step, "val_loss": result["loss_mean"],
-                                         "val_recon": result["recon_mean"], "val_total": total, "val_best": best})
+            append_metrics(metrics_file, {"step": step, "val_loss": loss, "val_recon": result["recon_mean"],
+                                          "val_total": result["total_mean"], "val_best": best})
             if best:
                 from bfncli.checkpoint import save_checkpoint
 
                 save_checkpoint(self.run_dir / "best.safetensors", self.ema.net.state_dict(), self.cfg, "ema", step)
-        if state["best_val"] is None or total < state["best_val"]:
-            state["best_val"] = total
+        if best:
+            state["best_val_loss"] = loss
         self.model.train()
 
 
-class _Prefix:
-    """The first n examples of an example set (validation with max_val_batches)."""
+class _RandomSample:
+    """n examples of an example set drawn at random without replacement, in a fixed order."""
 
-    def __init__(self, examples, n: int):
-        self.examples, self.n, self.spec = examples, n, examples.spec
+    def __init__(self, examples, n: int, seed: int):
+        self.examples, self.spec = examples, examples.spec
+        generator = torch.Generator().manual_seed(seed)
+        if len(examples) <= 2**24:
+            self.indices = torch.randperm(len(examples), generator=generator)[:n]
+        else:  # too many for a permutation: distinct draws by rejection are as good here
+            self.indices = torch.unique(torch.randint(0, len(examples), (2 * n,), generator=generator))[:n]
+            self.indices = self.indices[torch.randperm(len(self.indices), generator=generator)]
 
     def __len__(self):
-        return self.n
+        return len(self.indices)
 
     def batch(self, index, generator=None):
-        return self.examples.batch(index, generator)
+        return self.examples.batch(self.indices[index], generator)
 
 
 class _nothing:
