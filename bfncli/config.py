@@ -140,6 +140,7 @@ class VDMUNet(Section):
     use_fourier_features: bool = True
     attention_everywhere: bool = False
     image_size: int = Field(32, ge=1)
+    num_classes: int = Field(0, ge=0, description="classes to condition on (0: unconditional); 'no class' is learned too")
     input_adapter: FourierImageAdapter = FourierImageAdapter()
     output_adapter: OutputAdapter = OutputAdapter()
 
@@ -171,6 +172,7 @@ class ImprovedUNet(Section):
     skip: bool = True
     use_scale_shift_norm: bool = False
     use_checkpoint: bool = Field(False, description="gradient checkpointing: less memory, more compute")
+    num_classes: int = Field(0, ge=0, description="classes to condition on (0: unconditional); 'no class' is learned too")
     input_adapter: FourierImageAdapter = FourierImageAdapter(
         input_channels=1, input_shape=(28, 28), output_height=2, add_mask=True
     )
@@ -201,6 +203,7 @@ class Transformer(Section):
     dropout: float = Field(0.0, ge=0, lt=1)
     skip: bool = True
     bias: bool = True
+    num_classes: int = Field(0, ge=0, description="classes to condition on (0: unconditional); 'no class' is learned too")
     input_adapter: TextAdapter = TextAdapter()
 
     @model_validator(mode="after")
@@ -275,6 +278,10 @@ class TrainConfig(Section):
     loss_steps: int = Field(0, ge=0, description="0: continuous-time loss; n: the n-step discrete-time loss")
     ema_decay: float = Field(0.9999, ge=0, lt=1)
     grad_clip_norm: float = Field(5.0, gt=0)
+    class_dropout: float = Field(
+        0.1, ge=0, le=1,
+        description="fraction of training examples whose label is replaced by 'no class' (classifier-free guidance)",
+    )
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     seed: int = Field(666, ge=0, le=INT64_MAX, description="random seed: weights, data order, noise")
     log_every: int = Field(1, ge=1)

@@ -77,17 +77,20 @@ class BFN(nn.Module):
         self.discrete = isinstance(self.flow, DiscreteFlow)
 
     # ------------------------------------------------------------------------ the network
-    def predict(self, input_params, t: Tensor):
+    def predict(self, input_params, t: Tensor, classes: Optional[Tensor] = None):
         """p_O for input parameters (mu for continuous flows, theta for discrete) at time ``t``.
 
-        ``t`` holds one time per example, shape (B,). Returns the output distribution over the
-        flattened data dimensions, (B, D).
+        ``t`` holds one time per example, shape (B,); so do ``classes`` (class indices, with
+        ``network.num_classes`` meaning "no class"), for a class-conditional network only.
+        Returns the output distribution over the flattened data dimensions, (B, D).
         """
         theta = input_params
         b = theta.shape[0]
         t_net = t.reshape(b, *([1] * len(self.data_shape))).expand(b, *self.data_shape)
-        raw = self.net(self.flow.net_input(theta), t_net)  # in the precision autocast chooses, if any
-        with float32(raw.device):
+        net_input = self.flow.net_input(theta)
+        # Networks given to BFN directly (e.g. test oracles) may not take classes at all.
+        raw = self.net(net_input, t_net) if classes is None else self.net(net_input, t_net, classes)
+        with float32(raw.device):  # the network ran in the precision autocast chose, if any
             params = raw.float().reshape(b, -1, raw.shape[-1])  # (B, D, parameters per dimension)
             if self.discrete:
                 return self.flow.output_distribution(params)

@@ -170,7 +170,7 @@ def test_transformer_weight_decay_groups_follow_nanogpt():
 
 @pytest.mark.parametrize("change", [
     lambda m: m["net"]["parameters"].update(dims=3),
-    lambda m: m["net"]["parameters"].update(num_classes=10),
+    lambda m: m["net"]["parameters"].update(num_classes=-1),  # 10 builds a class-conditional U-Net
     lambda m: m["net"]["parameters"].update(conv_resample=False),
     lambda m: m["net"]["parameters"].update(bogus=1),
     lambda m: m["input_adapter"]["parameters"].update(bogus=1),

@@ -1,7 +1,9 @@
 """Network architectures and their input/output adapters (the BFN paper's, Graves et al. 2023).
 
 Networks know tensors and shapes, not flows: each maps (input-distribution parameters, t) to
-output-distribution parameters, with the state-dict layout of the released checkpoints.
+output-distribution parameters, with the state-dict layout of the released checkpoints. Built
+with ``num_classes`` > 0 (a parameter of every architecture) a network also takes class indices,
+``forward(data, t, classes)``, with ``num_classes`` meaning "no class" (see class_embedding.py).
 
 ``build_network(kind, params, input_adapter, output_adapter)`` assembles one from the official
 configuration's pieces: ``kind`` is ``unet_vdm``, ``unet_improved`` or ``transformer``; ``params``
@@ -56,7 +58,7 @@ def build_network(
     input_adapter: Optional[tuple[str, dict]],
     output_adapter: Optional[tuple[str, dict]] = None,
 ) -> nn.Module:
-    """The network ``kind`` with ``params`` and the given adapters; ``forward(net_inputs, t)``."""
+    """The network ``kind`` with ``params`` and the given adapters; ``forward(net_inputs, t, classes=None)``."""
     if kind not in NETWORKS:
         raise ValueError(f"unknown network kind {kind!r} (known: {', '.join(NETWORKS)})")
     if input_adapter is None:

@@ -4,16 +4,20 @@
 Every position attends to the whole sequence of input distributions, so one forward pass gives
 every character's output distribution. Pre-norm blocks of multi-head self-attention and a GELU
 MLP; with ``skip`` the final features are concatenated with the input adapter's features before
-the output layer. Parameter names follow the released checkpoints.
+the output layer. With ``num_classes`` > 0 a class (or "no class") vector is added to every
+position's input features. Parameter names follow the released checkpoints.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from bfncli.networks.class_embedding import ClassEmbedding, refuse_classes
 
 
 class LayerNorm(nn.Module):
@@ -79,8 +83,9 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token features from the input adapter (B, L, n_embd) -> logits (B, L, vocab_size), passed
-    through the output adapter when there is one (the text8 model has none)."""
+    """Token features from the input adapter (B, L, n_embd), plus a class vector when the
+    network is class-conditional -> logits (B, L, vocab_size), passed through the output adapter
+    when there is one (the text8 model has none)."""
 
     def __init__(
         self,
@@ -94,6 +99,7 @@ class GPT(nn.Module):
         bias: bool = True,
         skip: bool = False,
         is_causal: bool = False,
+        num_classes: int = 0,
     ):
         super().__init__()
         if n_embd % n_head:
@@ -120,9 +126,17 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+        # After the GPT-2 initialisation, which would draw it at random: it starts at zero (see
+        # ClassEmbedding). Unconditional networks have none (the released layout).
+        self.class_embedding = ClassEmbedding(num_classes, n_embd) if num_classes else None
 
-    def forward(self, data: Tensor, t: Tensor) -> Tensor:
+    def forward(self, data: Tensor, t: Tensor, classes: Optional[Tensor] = None) -> Tensor:
         x_in = self.input_adapter(data, t)
+        if self.class_embedding is None:
+            refuse_classes(classes)
+        else:
+            # Every position gets its example's class; with skip the output layer sees it too.
+            x_in = x_in + self.class_embedding(classes, x_in.shape[0]).to(x_in.dtype)[:, None, :]
         x = self.transformer.drop(x_in)
         for block in self.transformer.h:
             x = block(x)

@@ -5,8 +5,9 @@ The input adapter's per-pixel features are (optionally) projected linearly to ``
 then come down-sampling levels of residual blocks (attention at the chosen down-sampling factors),
 a ResNet-attention-ResNet middle, and up-sampling levels whose blocks also take the matching
 activation of the way down. Time conditions every residual block through a sinusoidal embedding
-of 4000 t. With ``skip`` the (projected) input is concatenated to the final features before the
-output adapter. 2-D images only. Parameter names follow the released checkpoints.
+of 4000 t, and with ``num_classes`` > 0 so does a class (or "no class"). With ``skip`` the
+(projected) input is concatenated to the final features before the output adapter. 2-D images
+only. Parameter names follow the released checkpoints.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from bfncli.networks.class_embedding import ClassEmbedding, refuse_classes
 
 
 def _zeroed(module: nn.Module) -> nn.Module:
@@ -149,11 +152,12 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class UNetModel(nn.Module):
-    """Images (B, H, W, C) and t broadcast to them -> the output adapter's (B, H*W, ...).
+    """Images (B, H, W, C), t broadcast to them and optional classes (B,) -> the output
+    adapter's (B, H*W, ...).
 
     ``attention_resolutions`` are down-sampling factors (1 = full resolution), not image sizes.
-    ``dims`` (only 2), ``conv_resample`` (only True) and ``num_classes`` (only None) are accepted
-    for configuration compatibility.
+    ``dims`` (only 2) and ``conv_resample`` (only True) are accepted for configuration
+    compatibility. ``num_classes`` None (the original's spelling of unconditional) means 0.
     """
 
     def __init__(
@@ -171,7 +175,7 @@ class UNetModel(nn.Module):
         conv_resample: bool = True,
         dims: int = 2,
         skip: bool = True,
-        num_classes: Optional[int] = None,
+        num_classes: Optional[int] = 0,
         use_checkpoint: bool = False,
         num_heads: int = 4,
         num_heads_upsample: int = -1,
@@ -184,8 +188,6 @@ class UNetModel(nn.Module):
         if not conv_resample:
             # The original cannot build this variant either (its pooling layer lacks a kernel size).
             raise ValueError("only conv_resample=True (learned down- and up-sampling) is supported")
-        if num_classes is not None:
-            raise ValueError("class-conditional U-Nets (num_classes) are not supported")
         if model_channels % 32:
             raise ValueError("model_channels must be a multiple of 32 (group normalisation over 32 groups)")
         if channel_mult[0] != 1:
@@ -199,6 +201,8 @@ class UNetModel(nn.Module):
         self.input_projection = nn.Linear(in_channels, model_channels) if project_input else None
         emb_dim = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # Unconditional networks have no such entry in their state dict (the released layout).
+        self.class_embedding = ClassEmbedding(num_classes, emb_dim) if num_classes else None
 
         def res(ch_in: int, ch_out: Optional[int] = None) -> ResBlock:
             return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm, use_checkpoint)
@@ -239,13 +243,18 @@ class UNetModel(nn.Module):
 
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), _zeroed(nn.Conv2d(ch, out_channels, 3, padding=1)))
 
-    def forward(self, data: Tensor, t: Tensor) -> Tensor:
+    def forward(self, data: Tensor, t: Tensor, classes: Optional[Tensor] = None) -> Tensor:
         b, s = data.shape[0], self.image_size
         x = self.input_adapter(data, t).reshape(b, s, s, self.in_channels)
         if self.input_projection is not None:
             x = self.input_projection(x)
         # One time per example: every dimension of an example shares it.
         emb = self.time_embed(timestep_embedding(t.reshape(b, -1)[:, 0] * 4000, self.model_channels))
+        if self.class_embedding is None:
+            refuse_classes(classes)
+        else:
+            # Every residual block reads the sum through its own SiLU and linear map.
+            emb = emb + self.class_embedding(classes, b).to(emb.dtype)
 
         # Contiguous NCHW, not a channels-last view: dropout draws its mask in memory order, so the
         # layout decides which activations a seeded run drops (we match the original's).

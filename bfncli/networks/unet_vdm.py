@@ -6,16 +6,20 @@ a ResNet-attention-ResNet middle, and ``n_blocks + 1`` residual blocks that each
 matching activation of the way down. The image is augmented with Fourier features of its values
 before the first convolution, and the network's input is concatenated to its final features
 before the output adapter. Time conditions every residual block through a sinusoidal embedding
-of 1000 (t + 0.001). Parameter names follow the released checkpoints.
+of 1000 (t + 0.001), and with ``num_classes`` > 0 so does a class (or "no class"). Parameter
+names follow the released checkpoints.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from bfncli.networks.class_embedding import ClassEmbedding, refuse_classes
 
 
 def _zeroed(module: nn.Module) -> nn.Module:
@@ -122,7 +126,8 @@ class UpDownBlock(nn.Module):
 
 
 class UNetVDM(nn.Module):
-    """Images (B, H, W, C) and t broadcast to them -> the output adapter's (B, H*W, ...)."""
+    """Images (B, H, W, C), t broadcast to them and optional classes (B,) -> the output
+    adapter's (B, H*W, ...)."""
 
     def __init__(
         self,
@@ -137,6 +142,7 @@ class UNetVDM(nn.Module):
         use_fourier_features: bool = True,
         attention_everywhere: bool = False,
         image_size: int = 32,
+        num_classes: int = 0,
     ):
         super().__init__()
         if embedding_dim % norm_groups or embedding_dim % n_attention_heads:
@@ -149,6 +155,8 @@ class UNetVDM(nn.Module):
         self.embed_conditioning = nn.Sequential(
             nn.Linear(embedding_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim), nn.SiLU()
         )
+        # Unconditional networks have no such entry in their state dict (the released layout).
+        self.class_embedding = ClassEmbedding(num_classes, cond_dim) if num_classes else None
         n_fourier = self.fourier_features.num_features if use_fourier_features else 0
         self.conv_in = nn.Conv2d(input_channels * (1 + n_fourier), embedding_dim, 3, padding=1)
 
@@ -168,11 +176,19 @@ class UNetVDM(nn.Module):
             _zeroed(nn.Conv2d(embedding_dim, embedding_dim, 3, padding=1)),
         )
 
-    def forward(self, data: Tensor, t: Tensor) -> Tensor:
+    def forward(self, data: Tensor, t: Tensor, classes: Optional[Tensor] = None) -> Tensor:
         b, s = data.shape[0], self.image_size
         x = self.input_adapter(data, t).reshape(b, s, s, self.input_channels)
         # One time per example: every dimension of an example shares it.
-        condition = self.embed_conditioning(time_embedding(t.reshape(b, -1)[:, 0], self.embedding_dim))
+        times = time_embedding(t.reshape(b, -1)[:, 0], self.embedding_dim)
+        if self.class_embedding is None:
+            refuse_classes(classes)
+            condition = self.embed_conditioning(times)
+        else:
+            # The class joins the time before the last SiLU, as in the improved-diffusion U-Net:
+            # added after it, it would reach every block only as a time-independent linear bias.
+            mixed = self.embed_conditioning[:-1](times)
+            condition = self.embed_conditioning[-1](mixed + self.class_embedding(classes, b).to(mixed.dtype))
 
         # Contiguous NCHW, not a channels-last view: dropout draws its mask in memory order, so the
         # layout decides which activations a seeded run drops (we match the original's).
