@@ -23,7 +23,7 @@ from typing import Literal
 
 import torch
 
-from bfncli.data import formats
+from bfncli.data import formats, own_data
 from bfncli.data.examples import (
     ALPHABET,
     BinaryImages,
@@ -57,7 +57,7 @@ def data_spec(cfg) -> DataSpec:
             _user_path(cfg)
         return DataSpec("text", (cfg.seq_len,), n_classes=27)
     if name == "images":
-        return formats.image_folder_spec(_user_path(cfg), cfg.num_bins)
+        return own_data.image_folder_spec(_user_path(cfg), cfg.num_bins)
     return load_split(cfg, "test").spec  # tensor files: the header is all there is
 
 
@@ -81,17 +81,17 @@ def load_split(cfg, split: Split):
     if name == "pyhelp":
         return _text(_split_90_5_5(formats.python_help_text(), split), cfg, split)
     if name == "text":
-        codes = formats.read_text_file(_user_path(cfg))
+        codes = own_data.read_text_file(_user_path(cfg))
         return _text(codes if split == "all" else _split_90_5_5(codes, split), cfg, split)
     if name == "images":
-        pixels = formats.read_image_folder(_user_path(cfg))
+        pixels = own_data.read_image_folder(_user_path(cfg))
         examples = DiscretizedImages(pixels, cfg.num_bins, flip=cfg.horizontal_flip and split == "train")
         if split == "all":
             return examples
         train, val = holdout(len(examples), _fractions(len(examples), cfg.val_frac), seed=VISION_SPLIT_SEED)
         return Subset(examples, train if split == "train" else val)
     if name == "tensor":
-        examples = formats.read_tensor_file(_user_path(cfg), cfg.num_bins)
+        examples = own_data.read_tensor_file(_user_path(cfg), cfg.num_bins)
         if split in ("test", "all"):
             return examples
         train, val = holdout(len(examples), _fractions(len(examples), cfg.val_frac), seed=VISION_SPLIT_SEED)
