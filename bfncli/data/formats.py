@@ -1,5 +1,6 @@
 """Reading the paper's raw formats directly (no torchvision, no pickle): MNIST's IDX files, the CIFAR-10
-binary version, the text8 zip; and the embedded data sets. Your own data is in :mod:`own_data`."""
+binary version, the text8 zip; and the embedded data sets. Class labels are read only when asked for
+(MNIST's label files are downloaded only then). Your own data is in :mod:`own_data`."""
 
 from __future__ import annotations
 
@@ -30,6 +31,15 @@ MNIST = {
     "test": RemoteFile("t10k-images-idx3-ubyte.gz", tuple(m + "t10k-images-idx3-ubyte.gz" for m in MNIST_MIRRORS),
                        md5="9fb629c4189551a2d022fa330f9573f3"),
 }
+MNIST_LABELS = {
+    "train": RemoteFile("train-labels-idx1-ubyte.gz", tuple(m + "train-labels-idx1-ubyte.gz" for m in MNIST_MIRRORS),
+                        md5="d53e105ee54ea40749a09fcbcd1e9432"),
+    "test": RemoteFile("t10k-labels-idx1-ubyte.gz", tuple(m + "t10k-labels-idx1-ubyte.gz" for m in MNIST_MIRRORS),
+                       md5="ec29112dd5afa0611ce80d1b7f02629c"),
+}
+DIGIT_CLASSES = tuple("0123456789")  # MNIST and the embedded digits
+CIFAR10_SIZES = {"train": 50000, "test": 10000}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10 = RemoteFile("cifar-10-binary.tar.gz", ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
                      md5="c32a1d4ab5d03f1284b67883e8d87530")
 TEXT8 = RemoteFile("text8.zip", ("https://mattmahoney.net/dc/text8.zip", "http://mattmahoney.net/dc/text8.zip"),
@@ -38,14 +48,18 @@ TEXT8_CHARS = 100_000_000
 
 
 # ------------------------------------------------------------------------------------ MNIST
-def read_idx_images(path: Path) -> Tensor:
-    """An IDX3 file of uint8 images (gzip-compressed or not) -> (N, H, W) uint8."""
+def _read_idx(path: Path) -> bytes:
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except (OSError, EOFError) as err:
         raise UserError(f"'{path}' is not a readable (gzip) IDX file ({err}); delete it to download it again") from None
+
+
+def read_idx_images(path: Path) -> Tensor:
+    """An IDX3 file of uint8 images (gzip-compressed or not) -> (N, H, W) uint8."""
+    data = _read_idx(path)
     if len(data) < 16 or struct.unpack(">I", data[:4])[0] != 0x803:
         raise UserError(f"'{path}' is not an IDX image file (bad magic number); delete it to download it again")
     n, h, w = struct.unpack(">III", data[4:16])
@@ -55,13 +69,37 @@ def read_idx_images(path: Path) -> Tensor:
     return torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).reshape(n, h, w)
 
 
+def read_idx_labels(path: Path) -> Tensor:
+    """An IDX1 file of uint8 labels (gzip-compressed or not) -> (N,) uint8."""
+    data = _read_idx(path)
+    if len(data) < 8 or struct.unpack(">I", data[:4])[0] != 0x801:
+        raise UserError(f"'{path}' is not an IDX label file (bad magic number); delete it to download it again")
+    n = struct.unpack(">I", data[4:8])[0]
+    if len(data) != 8 + n:
+        raise UserError(f"'{path}' is truncated ({len(data) - 8} of {n} labels); delete it to download it again")
+    return torch.frombuffer(bytearray(data[8:]), dtype=torch.uint8)
+
+
 def mnist_images(root: Path, part: str, download: bool, mirrors: list[str]) -> Tensor:
     return read_idx_images(ensure(MNIST[part], root / "mnist", download, mirrors))
 
 
+def mnist_labels(root: Path, part: str, download: bool, mirrors: list[str], count: int) -> Tensor:
+    """The digit (0..9) of each of the ``count`` images of an MNIST part."""
+    path = ensure(MNIST_LABELS[part], root / "mnist", download, mirrors)
+    labels = read_idx_labels(path)
+    if labels.numel() != count:
+        raise UserError(f"'{path}' has {labels.numel()} labels but {MNIST[part].name} has {count} images; "
+                        "delete the one that does not belong to download it again")
+    if labels.numel() and labels.max() > 9:
+        raise UserError(f"'{path}' has labels above 9: not MNIST's label file; delete it to download it again")
+    return labels.long()
+
+
 # --------------------------------------------------------------------------------- CIFAR-10
-def read_cifar10_binary(archive: Path) -> dict[str, Tensor]:
-    """cifar-10-binary.tar.gz -> {"train": (50000, 32, 32, 3), "test": (10000, 32, 32, 3)} uint8.
+def read_cifar10_binary(archive: Path) -> dict[str, tuple[Tensor, Tensor]]:
+    """cifar-10-binary.tar.gz -> {"train": (pixels, labels), "test": (pixels, labels)}: pixels
+    (50000 or 10000, 32, 32, 3) uint8, labels (50000 or 10000,) uint8 (indices into CIFAR10_CLASSES).
 
     Each record is a label byte and 3072 pixel bytes (the red, green and blue planes, row-major).
     The five training batches are concatenated in order, like the official loader.
@@ -86,19 +124,35 @@ def read_cifar10_binary(archive: Path) -> dict[str, Tensor]:
         if len(blob) % 3073:
             raise UserError(f"'{archive}' has truncated records; delete it to download it again")
         records = torch.frombuffer(bytearray(blob), dtype=torch.uint8).reshape(-1, 3073)
-        out[part] = records[:, 1:].reshape(-1, 3, 32, 32).permute(0, 2, 3, 1).contiguous()
+        out[part] = (records[:, 1:].reshape(-1, 3, 32, 32).permute(0, 2, 3, 1).contiguous(), records[:, 0].clone())
     return out
 
 
 def cifar10_images(root: Path, part: str, download: bool, mirrors: list[str]) -> Tensor:
-    """CIFAR-10 pixels, decoded once from the archive and cached beside it."""
+    """CIFAR-10 pixels, decoded once from the archive and cached beside it (with the labels)."""
     directory = root / "cifar10"
-    cached = _read_cache(directory / f"{part}.safetensors", (50000 if part == "train" else 10000, 32, 32, 3))
+    cached = _read_cache(directory / f"{part}.safetensors", (CIFAR10_SIZES[part], 32, 32, 3))
     if cached is not None:
         return cached
+    return _decode_cifar10(directory, part, download, mirrors)[0]
+
+
+def cifar10_labels(root: Path, part: str, download: bool, mirrors: list[str]) -> Tensor:
+    """The class (0..9, see CIFAR10_CLASSES) of each CIFAR-10 image, int64. Caches written before labels
+    were kept hold pixels only: they are rebuilt from the archive."""
+    directory = root / "cifar10"
+    labels = _read_cached_labels(directory / f"{part}.safetensors", CIFAR10_SIZES[part])
+    if labels is None:
+        labels = _decode_cifar10(directory, part, download, mirrors)[1]
+    if labels.numel() and labels.max() >= len(CIFAR10_CLASSES):
+        raise UserError(f"'{directory / CIFAR10.name}' has labels above 9: not the CIFAR-10 binary archive")
+    return labels.long()
+
+
+def _decode_cifar10(directory: Path, part: str, download: bool, mirrors: list[str]) -> tuple[Tensor, Tensor]:
     parts = read_cifar10_binary(ensure(CIFAR10, directory, download, mirrors))
-    for name, pixels in parts.items():
-        _write_cache(directory / f"{name}.safetensors", pixels)
+    for name, (pixels, labels) in parts.items():
+        _write_cache(directory / f"{name}.safetensors", pixels, labels)
     return parts[part]
 
 
@@ -152,6 +206,14 @@ def embedded_digits() -> Tensor:
     return load_file(str(Path(__file__).with_name("digits.safetensors")))["images"]
 
 
+@lru_cache(maxsize=1)
+def embedded_digit_labels() -> Tensor:
+    """The digit (0..9) each embedded image shows, int64 (1797,)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(__file__).with_name("digits.safetensors")))["labels"].long()
+
+
 def python_help_text() -> Tensor:
     """The text of Python's own help topics (``pydoc_data``), in text8's alphabet."""
     try:
@@ -176,12 +238,31 @@ def _read_cache(path: Path, shape: tuple[int, ...]) -> Optional[Tensor]:
     return data if tuple(data.shape) == shape and data.dtype == torch.uint8 else None
 
 
-def _write_cache(path: Path, data: Tensor) -> None:
+def _read_cached_labels(path: Path, count: int) -> Optional[Tensor]:
+    """The labels kept in a cache beside the pixels, or None (no cache, a damaged one, or one written
+    before labels were kept)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            labels = f.get_tensor("labels") if "labels" in f.keys() else None
+    except (SafetensorError, OSError, ValueError):
+        return None
+    ok = labels is not None and tuple(labels.shape) == (count,) and labels.dtype == torch.uint8
+    return labels if ok else None
+
+
+def _write_cache(path: Path, data: Tensor, labels: Optional[Tensor] = None) -> None:
     from safetensors.torch import save_file
 
+    tensors = {"data": data.contiguous()}
+    if labels is not None:
+        tensors["labels"] = labels.contiguous()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({"data": data.contiguous()}, str(tmp))
+        save_file(tensors, str(tmp))
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)  # only a cache: failing to write it costs time, nothing else
