@@ -48,7 +48,7 @@ from bfncli.errors import UserError
 Split = Literal["train", "val", "test", "all"]
 VISION_SPLIT_SEED = 2147483647  # the official code's validation split generator seed
 
-__all__ = ["load_split", "data_spec", "DataSpec", "decode_text", "encode_text", "ALPHABET"]
+__all__ = ["load_split", "data_spec", "describe_split", "DataSpec", "decode_text", "encode_text", "ALPHABET"]
 TEXT_HAS_NO_LABELS = "text models are unconditional: text data has no class labels"
 
 
@@ -116,6 +116,13 @@ def load_split(cfg, split: Split, labels: bool = False):
         train, val = holdout(len(examples), _fractions(len(examples), cfg.val_frac), seed=VISION_SPLIT_SEED)
         return Subset(examples, train if split == "train" else val)
     raise UserError(f"unknown dataset '{name}'")
+
+
+def describe_split(cfg, split: Split) -> str:
+    """A split in words, for reports: 'the digits train split', "the val split of 'pictures'"."""
+    if cfg.dataset in ("images", "text", "tensor"):
+        return f"the {split} split of '{cfg.path}'"
+    return f"the {cfg.dataset} {split} split"
 
 
 def _user_path(cfg) -> Path:
