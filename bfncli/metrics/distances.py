@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -16,18 +17,25 @@ import torch
 from torch import Tensor
 
 
+@contextmanager
+def one_thread():
+    """Compute on one thread inside the block. For small work (matrices of a few hundred rows, convolutions
+    of tiny images) handing out work to more threads costs more than it saves, and on a busy machine
+    far more: a 64x64 eigendecomposition took 0.7 ms on one thread and 120 ms on two, with the two
+    cores shared with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _one_thread(function):
-    """Run on one thread: for features of a few hundred dimensions at most, handing work to a second
-    thread costs more than it saves, and on a busy machine a hundred times more (measured: a 64x64
-    eigendecomposition takes 0.7 ms on one thread, 120 ms on two with the cores shared)."""
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_thread():
             return function(*args, **kwargs)
-        finally:
-            torch.set_num_threads(before)
     return wrapper
 
 
