@@ -15,7 +15,8 @@ change them as for the likelihood). What is measured follows the samples' kind:
     standard error, against a seeded random subset of the training split (as many images as
     samples, at least 1000 and at most 10000, or all there are).
 
-All random choices (bootstrap, subsets, binarization of the reference) follow ``--seed``.
+The bootstrap, the held-out images and the MMD reference subset (and its binarization) follow
+``--seed`` (eval.seed); the classifier has its own fixed seed, so its features do not change with it.
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ def _check_fit(samples: Tensor, meta: dict[str, str], cfg, samples_path: Path, c
     if tuple(samples.shape[1:]) != shape:
         raise UserError(f"{where} holds samples of shape {tuple(samples.shape[1:])} but {checkpoint} makes {shape}; "
                         "measure samples with the checkpoint that drew them")
+    valid = {"text": lambda x: not x.is_floating_point() and x.min() >= 0 and x.max() <= 26,
+             "binary": lambda x: not x.is_floating_point() and x.min() >= 0 and x.max() <= 1,
+             "discretized": lambda x: x.is_floating_point() and bool(torch.isfinite(x).all())}[kind]
+    if not valid(samples):
+        layout = {"text": "integers 0..26", "binary": "integers 0/1", "discretized": "finite floats"}[kind]
+        raise UserError(f"{where} holds values that are not {WHAT[kind]} ({layout}); draw samples with bfn sample")
     bins = meta.get("num_bins")
     if meta["kind"] == "discretized_image" and bins and bins.isdigit() and int(bins) != cfg.data.num_bins:
         raise UserError(f"{where} holds images at {bins} bins but the checkpoint's data has {cfg.data.num_bins}; "
@@ -106,8 +113,10 @@ def text_quality(samples: Tensor, data_cfg) -> dict[str, Any]:
     from bfncli.metrics.spelling import spelling_accuracy, vocabulary, vocabulary_of_windows
 
     train = load_split(data_cfg, "train")
-    # A running text (text8, pyhelp, your file), or a tensor file of separate windows.
-    vocab = vocabulary(train.codes) if hasattr(train, "codes") else vocabulary_of_windows(train.batch(torch.arange(len(train))))
+    if hasattr(train, "codes"):  # a running text: text8, pyhelp, your file
+        vocab = vocabulary(train.codes)
+    else:  # a tensor file of separate windows
+        vocab = vocabulary_of_windows(train.batch(torch.arange(len(train))))
     result = spelling_accuracy(samples, vocab)
     return {
         "measure": "spelling", "n_samples": result.n_samples, "sample_length": samples.shape[1],
