@@ -64,12 +64,14 @@ class SmallCNN(nn.Module):
             return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
         self.body = nn.Sequential(*block(channels, width, 1), *block(width, 2 * width, 2),
-                                  *block(2 * width, 4 * width, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+                                  *block(2 * width, 4 * width, 2))
         self.feature = nn.Sequential(nn.Linear(4 * width, features), nn.ReLU())
         self.head = nn.Linear(features, n_classes)
 
     def features(self, x: Tensor) -> Tensor:
-        return self.feature(self.body(x))
+        # Global average pooling as a mean: its gradient is deterministic on GPUs too (--deterministic),
+        # unlike adaptive pooling's.
+        return self.feature(self.body(x).mean((2, 3)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
