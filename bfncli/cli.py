@@ -177,6 +177,10 @@ def _dataset_for(path: Optional[Path]) -> Optional[str]:
   bfn eval --checkpoint text8.safetensors --steps 0 --json
 
   bfn eval --checkpoint cifar.safetensors --data my_images.npy --batch-size 50
+
+  [dim]# sample quality instead (images: FD and MMD²; text: spelling)[/dim]
+  bfn sample --shape 1000,8,8,1 --steps 100 -o s.safetensors
+  bfn eval --samples s.safetensors
 """,
 )
 def eval_(
@@ -191,12 +195,27 @@ def eval_(
     sets: List[str] = SetOpt,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     deterministic: bool = DeterministicOpt,
+    samples: Optional[Path] = typer.Option(
+        None, "--samples", help="Measure these samples' quality (a bfn sample -o file) instead of the likelihood."
+    ),
 ) -> None:
-    """Evaluate a checkpoint: the paper's loss with standard errors (nats, bits, per example)."""
+    """Evaluate a checkpoint: the paper's loss with standard errors (nats, bits, per example), or its samples."""
     for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size)):
         low = 0 if name == "--steps" else 1
         if value is not None and value < low:
             raise UserError(f"{name} must be >= {low}, got {value}")
+    if samples is not None:
+        likelihood = [name for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size))
+                      if value is not None]
+        if likelihood:
+            raise UserError(f"{'/'.join(likelihood)} set the likelihood estimate, which --samples replaces by sample "
+                            f"quality; drop {' '.join(likelihood)}")
+        from bfncli.jobs.quality import run_quality
+
+        run_quality(samples, checkpoint, runs_dir, sets=sets, as_json=as_json, deterministic=deterministic,
+                    overrides=_flags(**{"eval.seed": seed, "data.data_dir": data_dir, "data.path": data,
+                                        "data.dataset": _dataset_for(data)}))
+        return
     from bfncli.jobs.evaluate import run_eval
 
     run_eval(

@@ -11,12 +11,24 @@ returns a batch in the official data layout:
 
 Randomness (binarization, flips) comes only from the generator passed in, so a batch is a pure
 function of (index, generator state): training resumes bit for bit.
+
+Class labels (for class-conditional models and the sample-quality classifier) travel beside the
+examples, never inside the batches: an image set loaded with labels has ``labels``, int64 (N,) with
+values 0..C-1, and ``spec.class_names``, C names; ``labels_of(index)`` gives the labels of the
+examples that ``batch(index, ...)`` gives (a flip does not change a label). A set loaded without
+labels has ``labels = None`` and ``spec.class_names = ()``; its batches are the same either way.
+``spec.n_classes`` is something else: the classes of the *data* values (2 for binary pixels, 27
+for text characters).
+
+``fingerprint()`` is a hash of what a set holds (stored values, labels, preprocessing settings,
+and for a subset its indices): caches of things trained on the data are keyed by it.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -29,15 +41,46 @@ class DataSpec:
     kind: Literal["binary", "discretized", "text"]
     shape: tuple[int, ...]  # one example
     num_bins: Optional[int] = None  # discretized images
-    n_classes: Optional[int] = None  # binary (2) and text (27)
+    n_classes: Optional[int] = None  # classes of the data values: binary (2) and text (27)
+    class_names: tuple[str, ...] = ()  # classes of the examples' labels; () = no labels loaded
 
 
-class BinaryImages:
+class _Labeled:
+    """What every example set has for labels: ``labels`` (int64 (N,) or None) and ``labels_of``."""
+
+    labels: Optional[Tensor] = None
+
+    def labels_of(self, index: Tensor) -> Tensor:
+        """The labels of the examples ``batch(index)`` returns, int64."""
+        if self.labels is None:
+            raise ValueError("these examples were loaded without labels: load_split(..., labels=True)")
+        return self.labels[index]
+
+
+def _digest(*parts) -> str:
+    """sha256 over tensors' bytes (with dtype and shape) and other values' reprs."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Tensor):
+            t = part.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        else:
+            h.update(repr(part).encode())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+class BinaryImages(_Labeled):
     """Grey-level images (N, H, W) as uint8 0..levels; binarized anew on every draw."""
 
-    def __init__(self, grey: Tensor, levels: int = 255):
-        self.grey, self.levels = grey, levels
-        self.spec = DataSpec("binary", (*grey.shape[1:], 1), n_classes=2)
+    def __init__(self, grey: Tensor, levels: int = 255, labels: Optional[Tensor] = None,
+                 class_names: Sequence[str] = ()):
+        self.grey, self.levels, self.labels = grey, levels, labels
+        self.spec = DataSpec("binary", (*grey.shape[1:], 1), n_classes=2, class_names=tuple(class_names))
+
+    def fingerprint(self) -> str:
+        return _digest("binary", self.grey, self.levels, self.labels, self.spec.class_names)
 
     def __len__(self) -> int:
         return self.grey.shape[0]
@@ -47,12 +90,19 @@ class BinaryImages:
         return torch.bernoulli(p, generator=generator).long().unsqueeze(-1)
 
 
-class DiscretizedImages:
+class DiscretizedImages(_Labeled):
     """Images (N, H, W, C) as uint8 0..levels, mapped to the centres of ``num_bins`` bins in [-1, 1]."""
 
-    def __init__(self, pixels: Tensor, num_bins: int, levels: int = 255, flip: bool = False):
+    def __init__(self, pixels: Tensor, num_bins: int, levels: int = 255, flip: bool = False,
+                 labels: Optional[Tensor] = None, class_names: Sequence[str] = ()):
         self.pixels, self.num_bins, self.levels, self.flip = pixels, num_bins, levels, flip
-        self.spec = DataSpec("discretized", tuple(pixels.shape[1:]), num_bins=num_bins)
+        self.labels = labels
+        self.spec = DataSpec("discretized", tuple(pixels.shape[1:]), num_bins=num_bins,
+                             class_names=tuple(class_names))
+
+    def fingerprint(self) -> str:
+        return _digest("discretized", self.pixels, self.num_bins, self.levels, self.flip, self.labels,
+                       self.spec.class_names)
 
     def __len__(self) -> int:
         return self.pixels.shape[0]
@@ -67,8 +117,9 @@ class DiscretizedImages:
         return x
 
 
-class TextWindows:
-    """Every window of ``seq_len`` characters of a text (uint8 codes), one example per start offset."""
+class TextWindows(_Labeled):
+    """Every window of ``seq_len`` characters of a text (uint8 codes), one example per start offset.
+    Text has no labels: text models are unconditional."""
 
     def __init__(self, codes: Tensor, seq_len: int):
         if codes.numel() <= seq_len:
@@ -83,12 +134,19 @@ class TextWindows:
     def batch(self, index: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         return self.codes[index.unsqueeze(1) + self.offsets].long()
 
+    def fingerprint(self) -> str:
+        return _digest("text", self.codes, self.seq_len)
 
-class TensorExamples:
-    """Examples given as they are, in the model's data layout."""
 
-    def __init__(self, data: Tensor, spec: DataSpec):
-        self.data, self.spec = data, spec
+class TensorExamples(_Labeled):
+    """Examples given as they are, in the model's data layout (labels, if any, in ``spec.class_names``'
+    order)."""
+
+    def __init__(self, data: Tensor, spec: DataSpec, labels: Optional[Tensor] = None):
+        self.data, self.spec, self.labels = data, spec, labels
+
+    def fingerprint(self) -> str:
+        return _digest("tensor", self.data, self.spec, self.labels)
 
     def __len__(self) -> int:
         return self.data.shape[0]
@@ -97,17 +155,21 @@ class TensorExamples:
         return self.data[index]
 
 
-class Subset:
-    """Some examples of another set, in a fixed order."""
+class Subset(_Labeled):
+    """Some examples of another set, in a fixed order (their labels too)."""
 
     def __init__(self, examples, indices: Tensor):
         self.examples, self.indices, self.spec = examples, indices, examples.spec
+        self.labels = None if examples.labels is None else examples.labels[indices]
 
     def __len__(self) -> int:
         return self.indices.numel()
 
     def batch(self, index: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         return self.examples.batch(self.indices[index], generator)
+
+    def fingerprint(self) -> str:
+        return _digest("subset", self.examples.fingerprint(), self.indices)
 
 
 def holdout(n: int, fractions: tuple[float, ...], seed: int = 2147483647) -> list[Tensor]:

@@ -1,5 +1,6 @@
-"""Reading the raw formats directly (no torchvision, no pickle): MNIST's IDX files, the CIFAR-10
-binary version, the text8 zip, folders of pictures, text files and tensor files."""
+"""Reading the paper's raw formats directly (no torchvision, no pickle): MNIST's IDX files, the CIFAR-10
+binary version, the text8 zip; and the embedded data sets. Class labels are read only when asked for
+(MNIST's label files are downloaded only then). Your own data is in :mod:`own_data`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor
 
 from bfncli.data.download import RemoteFile, ensure
-from bfncli.data.examples import DataSpec, TensorExamples, encode_text
+from bfncli.data.examples import encode_text
 from bfncli.errors import UserError
 
 MNIST_MIRRORS = (
@@ -30,6 +31,15 @@ MNIST = {
     "test": RemoteFile("t10k-images-idx3-ubyte.gz", tuple(m + "t10k-images-idx3-ubyte.gz" for m in MNIST_MIRRORS),
                        md5="9fb629c4189551a2d022fa330f9573f3"),
 }
+MNIST_LABELS = {
+    "train": RemoteFile("train-labels-idx1-ubyte.gz", tuple(m + "train-labels-idx1-ubyte.gz" for m in MNIST_MIRRORS),
+                        md5="d53e105ee54ea40749a09fcbcd1e9432"),
+    "test": RemoteFile("t10k-labels-idx1-ubyte.gz", tuple(m + "t10k-labels-idx1-ubyte.gz" for m in MNIST_MIRRORS),
+                       md5="ec29112dd5afa0611ce80d1b7f02629c"),
+}
+DIGIT_CLASSES = tuple("0123456789")  # MNIST and the embedded digits
+CIFAR10_SIZES = {"train": 50000, "test": 10000}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10 = RemoteFile("cifar-10-binary.tar.gz", ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
                      md5="c32a1d4ab5d03f1284b67883e8d87530")
 TEXT8 = RemoteFile("text8.zip", ("https://mattmahoney.net/dc/text8.zip", "http://mattmahoney.net/dc/text8.zip"),
@@ -38,14 +48,18 @@ TEXT8_CHARS = 100_000_000
 
 
 # ------------------------------------------------------------------------------------ MNIST
-def read_idx_images(path: Path) -> Tensor:
-    """An IDX3 file of uint8 images (gzip-compressed or not) -> (N, H, W) uint8."""
+def _read_idx(path: Path) -> bytes:
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except (OSError, EOFError) as err:
         raise UserError(f"'{path}' is not a readable (gzip) IDX file ({err}); delete it to download it again") from None
+
+
+def read_idx_images(path: Path) -> Tensor:
+    """An IDX3 file of uint8 images (gzip-compressed or not) -> (N, H, W) uint8."""
+    data = _read_idx(path)
     if len(data) < 16 or struct.unpack(">I", data[:4])[0] != 0x803:
         raise UserError(f"'{path}' is not an IDX image file (bad magic number); delete it to download it again")
     n, h, w = struct.unpack(">III", data[4:16])
@@ -55,13 +69,37 @@ def read_idx_images(path: Path) -> Tensor:
     return torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).reshape(n, h, w)
 
 
+def read_idx_labels(path: Path) -> Tensor:
+    """An IDX1 file of uint8 labels (gzip-compressed or not) -> (N,) uint8."""
+    data = _read_idx(path)
+    if len(data) < 8 or struct.unpack(">I", data[:4])[0] != 0x801:
+        raise UserError(f"'{path}' is not an IDX label file (bad magic number); delete it to download it again")
+    n = struct.unpack(">I", data[4:8])[0]
+    if len(data) != 8 + n:
+        raise UserError(f"'{path}' is truncated ({len(data) - 8} of {n} labels); delete it to download it again")
+    return torch.frombuffer(bytearray(data[8:]), dtype=torch.uint8)
+
+
 def mnist_images(root: Path, part: str, download: bool, mirrors: list[str]) -> Tensor:
     return read_idx_images(ensure(MNIST[part], root / "mnist", download, mirrors))
 
 
+def mnist_labels(root: Path, part: str, download: bool, mirrors: list[str], count: int) -> Tensor:
+    """The digit (0..9) of each of the ``count`` images of an MNIST part."""
+    path = ensure(MNIST_LABELS[part], root / "mnist", download, mirrors)
+    labels = read_idx_labels(path)
+    if labels.numel() != count:
+        raise UserError(f"'{path}' has {labels.numel()} labels but {MNIST[part].name} has {count} images; "
+                        "delete the one that does not belong to download it again")
+    if labels.numel() and labels.max() > 9:
+        raise UserError(f"'{path}' has labels above 9: not MNIST's label file; delete it to download it again")
+    return labels.long()
+
+
 # --------------------------------------------------------------------------------- CIFAR-10
-def read_cifar10_binary(archive: Path) -> dict[str, Tensor]:
-    """cifar-10-binary.tar.gz -> {"train": (50000, 32, 32, 3), "test": (10000, 32, 32, 3)} uint8.
+def read_cifar10_binary(archive: Path) -> dict[str, tuple[Tensor, Tensor]]:
+    """cifar-10-binary.tar.gz -> {"train": (pixels, labels), "test": (pixels, labels)}: pixels
+    (50000 or 10000, 32, 32, 3) uint8, labels (50000 or 10000,) uint8 (indices into CIFAR10_CLASSES).
 
     Each record is a label byte and 3072 pixel bytes (the red, green and blue planes, row-major).
     The five training batches are concatenated in order, like the official loader.
@@ -86,19 +124,35 @@ def read_cifar10_binary(archive: Path) -> dict[str, Tensor]:
         if len(blob) % 3073:
             raise UserError(f"'{archive}' has truncated records; delete it to download it again")
         records = torch.frombuffer(bytearray(blob), dtype=torch.uint8).reshape(-1, 3073)
-        out[part] = records[:, 1:].reshape(-1, 3, 32, 32).permute(0, 2, 3, 1).contiguous()
+        out[part] = (records[:, 1:].reshape(-1, 3, 32, 32).permute(0, 2, 3, 1).contiguous(), records[:, 0].clone())
     return out
 
 
 def cifar10_images(root: Path, part: str, download: bool, mirrors: list[str]) -> Tensor:
-    """CIFAR-10 pixels, decoded once from the archive and cached beside it."""
+    """CIFAR-10 pixels, decoded once from the archive and cached beside it (with the labels)."""
     directory = root / "cifar10"
-    cached = _read_cache(directory / f"{part}.safetensors", (50000 if part == "train" else 10000, 32, 32, 3))
+    cached = _read_cache(directory / f"{part}.safetensors", (CIFAR10_SIZES[part], 32, 32, 3))
     if cached is not None:
         return cached
+    return _decode_cifar10(directory, part, download, mirrors)[0]
+
+
+def cifar10_labels(root: Path, part: str, download: bool, mirrors: list[str]) -> Tensor:
+    """The class (0..9, see CIFAR10_CLASSES) of each CIFAR-10 image, int64. Caches written before labels
+    were kept hold pixels only: they are rebuilt from the archive."""
+    directory = root / "cifar10"
+    labels = _read_cached_labels(directory / f"{part}.safetensors", CIFAR10_SIZES[part])
+    if labels is None:
+        labels = _decode_cifar10(directory, part, download, mirrors)[1]
+    if labels.numel() and labels.max() >= len(CIFAR10_CLASSES):
+        raise UserError(f"'{directory / CIFAR10.name}' has labels above 9: not the CIFAR-10 binary archive")
+    return labels.long()
+
+
+def _decode_cifar10(directory: Path, part: str, download: bool, mirrors: list[str]) -> tuple[Tensor, Tensor]:
     parts = read_cifar10_binary(ensure(CIFAR10, directory, download, mirrors))
-    for name, pixels in parts.items():
-        _write_cache(directory / f"{name}.safetensors", pixels)
+    for name, (pixels, labels) in parts.items():
+        _write_cache(directory / f"{name}.safetensors", pixels, labels)
     return parts[part]
 
 
@@ -152,6 +206,14 @@ def embedded_digits() -> Tensor:
     return load_file(str(Path(__file__).with_name("digits.safetensors")))["images"]
 
 
+@lru_cache(maxsize=1)
+def embedded_digit_labels() -> Tensor:
+    """The digit (0..9) each embedded image shows, int64 (1797,)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(__file__).with_name("digits.safetensors")))["labels"].long()
+
+
 def python_help_text() -> Tensor:
     """The text of Python's own help topics (``pydoc_data``), in text8's alphabet."""
     try:
@@ -159,144 +221,6 @@ def python_help_text() -> Tensor:
     except ImportError:
         raise UserError("this Python has no pydoc_data module (its help text); use --data FILE.txt instead") from None
     return encode_text(" ".join(topics[key] for key in sorted(topics)))
-
-
-# ------------------------------------------------------------------------------ user data
-def read_text_file(path: Path) -> Tensor:
-    if path.is_dir():
-        raise UserError(f"--data '{path}' is a directory; for text give a file (a folder means images)")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"cannot read '{path}': {err.strerror or err}") from None
-    if not raw.strip():
-        raise UserError(f"'{path}' is empty; give a text file with some text in it")
-    if b"\x00" in raw[:65536]:
-        raise UserError(f"'{path}' looks binary, not like text; give a plain text file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    codes = encode_text(text)
-    if codes.numel() == 0:
-        raise UserError(f"'{path}' has no letters a-z; text models learn text8's alphabet (a-z and space)")
-    return codes
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-def _image_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise UserError(f"--data '{folder}' is not a folder of images")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise UserError(f"'{folder}' has no PNG or JPEG images")
-    return files
-
-
-def _read_picture(path: Path) -> Tensor:
-    """(H, W, C) uint8 with C = 1 (grey) or 3 (RGB; alpha dropped)."""
-    from matplotlib import image as mpimg
-
-    try:
-        array = mpimg.imread(str(path))
-    except Exception as err:  # PIL has many ways to fail on a bad file
-        raise UserError(f"cannot read image '{path}' ({type(err).__name__}); is it a valid PNG or JPEG?") from None
-    pixels = torch.tensor(array)  # a copy: the decoder's array is read-only
-    if pixels.is_floating_point():
-        pixels = (pixels * 255).round().clamp(0, 255)
-    pixels = pixels.to(torch.uint8)
-    if pixels.dim() == 2:
-        pixels = pixels.unsqueeze(-1)
-    if pixels.shape[-1] == 4:
-        pixels = pixels[..., :3]
-    if pixels.shape[-1] == 3 and torch.equal(pixels[..., 0], pixels[..., 1]) and torch.equal(pixels[..., 1], pixels[..., 2]):
-        pixels = pixels[..., :1]  # grey stored as RGB
-    return pixels
-
-
-def image_folder_spec(folder: Path, num_bins: int) -> DataSpec:
-    return DataSpec("discretized", tuple(read_image_folder(folder).shape[1:]), num_bins=num_bins)
-
-
-def read_image_folder(folder: Path) -> Tensor:
-    """All pictures of a folder, (N, H, W, C) uint8; one size; grey promoted to RGB if any is RGB."""
-    folder = Path(folder).resolve()
-    if not folder.is_dir():
-        raise UserError(f"--data '{folder}' is not a folder of images")
-    return _read_image_folder(folder, folder.stat().st_mtime_ns)  # a changed folder is read again
-
-
-@lru_cache(maxsize=1)
-def _read_image_folder(folder: Path, mtime_ns: int) -> Tensor:
-    files = _image_files(folder)
-    pictures = [_read_picture(f) for f in files]
-    first = pictures[0].shape[:2]
-    for f, p in zip(files, pictures):
-        if p.shape[:2] != first:
-            raise UserError(f"images in '{folder}' differ in size: {files[0].name} is {first[1]}x{first[0]}, "
-                            f"{f.name} is {p.shape[1]}x{p.shape[0]}; resize them to one size")
-    channels = max(p.shape[-1] for p in pictures)
-    return torch.stack([p.expand(*p.shape[:2], channels) for p in pictures])
-
-
-TENSOR_LAYOUTS = ("(N, H, W, C) floats in [-1, 1] (discretized images), (N, H, W, 1) integers 0/1 (binary images) "
-                  "or (N, L) integers 0..26 (text)")
-
-
-def read_tensor_file(path: Path, num_bins: int) -> TensorExamples:
-    """A .safetensors (tensor 'data', or its only tensor) or .npy file of examples, used as is."""
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise UserError(f"'{path}' is not a readable safetensors file ({str(err)[:80]})") from None
-        if "data" in tensors:
-            data = tensors["data"]
-        elif "samples" in tensors:
-            data = tensors["samples"]
-        elif len(tensors) == 1:
-            data = next(iter(tensors.values()))
-        else:
-            raise UserError(f"'{path}' holds {', '.join(sorted(tensors))}; name the examples tensor 'data'")
-    elif suffix == ".npy":
-        try:
-            import numpy as np
-        except ImportError:
-            raise UserError("reading .npy files needs numpy: pip install numpy, or use .safetensors") from None
-        try:
-            data = torch.from_numpy(np.load(path, allow_pickle=False))
-        except (ValueError, OSError, EOFError) as err:
-            raise UserError(f"'{path}' is not a readable .npy array ({str(err)[:80]})") from None
-    else:
-        raise UserError(f"'{path}': tensor files are .safetensors or .npy")
-    return TensorExamples(*_tensor_layout(data, path, num_bins))
-
-
-def _tensor_layout(data: Tensor, path: Path, num_bins: int) -> tuple[Tensor, DataSpec]:
-    if data.numel() == 0 or data.dim() < 2:
-        raise UserError(f"'{path}' has shape {tuple(data.shape)}; expected {TENSOR_LAYOUTS}")
-    if data.is_floating_point():
-        if data.dim() != 4:
-            raise UserError(f"'{path}' holds floats of shape {tuple(data.shape)}; expected {TENSOR_LAYOUTS}")
-        if not torch.isfinite(data).all() or data.min() < -1 or data.max() > 1:
-            raise UserError(f"'{path}' has values outside [-1, 1]; discretized images are bin centres in [-1, 1]")
-        return data.float(), DataSpec("discretized", tuple(data.shape[1:]), num_bins=num_bins)
-    data = data.long()
-    if data.dim() == 2:
-        if data.min() < 0 or data.max() > 26:
-            raise UserError(f"'{path}' has integers outside 0..26; text is 0 = space, 1..26 = a..z")
-        return data, DataSpec("text", (data.shape[1],), n_classes=27)
-    if data.dim() == 4 and data.shape[-1] == 1:
-        if data.min() < 0 or data.max() > 1:
-            raise UserError(f"'{path}' has integers outside 0/1; binary images are 0 or 1")
-        return data, DataSpec("binary", tuple(data.shape[1:]), n_classes=2)
-    raise UserError(f"'{path}' holds integers of shape {tuple(data.shape)}; expected {TENSOR_LAYOUTS}")
 
 
 # ----------------------------------------------------------------------------------- caches
@@ -314,12 +238,31 @@ def _read_cache(path: Path, shape: tuple[int, ...]) -> Optional[Tensor]:
     return data if tuple(data.shape) == shape and data.dtype == torch.uint8 else None
 
 
-def _write_cache(path: Path, data: Tensor) -> None:
+def _read_cached_labels(path: Path, count: int) -> Optional[Tensor]:
+    """The labels kept in a cache beside the pixels, or None (no cache, a damaged one, or one written
+    before labels were kept)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            labels = f.get_tensor("labels") if "labels" in f.keys() else None
+    except (SafetensorError, OSError, ValueError):
+        return None
+    ok = labels is not None and tuple(labels.shape) == (count,) and labels.dtype == torch.uint8
+    return labels if ok else None
+
+
+def _write_cache(path: Path, data: Tensor, labels: Optional[Tensor] = None) -> None:
     from safetensors.torch import save_file
 
+    tensors = {"data": data.contiguous()}
+    if labels is not None:
+        tensors["labels"] = labels.contiguous()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({"data": data.contiguous()}, str(tmp))
+        save_file(tensors, str(tmp))
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)  # only a cache: failing to write it costs time, nothing else
