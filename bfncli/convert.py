@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from bfncli.atomic_files import atomic_path, write_errors_as_oserror
-from bfncli.checkpoint import check_state_dict, load_tensors, read_info, save_checkpoint
+from bfncli.checkpoint import check_state_dict, describe_mismatch, load_tensors, read_info, save_checkpoint
 from bfncli.config import BFNConfig, deep_merge, load_preset, load_yaml, resolve_config
 from bfncli.errors import UserError
 
@@ -200,19 +200,11 @@ def expected_shapes(cfg: BFNConfig) -> dict[str, Tensor]:
         return make_network(cfg).state_dict()
 
 
-def _mismatch(expected: dict[str, Tensor], got: dict[str, Tensor]) -> Optional[str]:
-    try:
-        check_state_dict(expected, got, "the file")
-    except UserError as err:
-        return str(err).removeprefix("the file does not fit its config (").rstrip(")")
-    return None
-
-
 def recognise(tensors: dict[str, Tensor], filename: str) -> str:
     """The paper preset whose network has exactly these tensors, or an error saying why none fits."""
     fits, reasons = [], []
     for name in PAPER_PRESETS:
-        problem = _mismatch(expected_shapes(resolve_config(name, environ={})), tensors)
+        problem = describe_mismatch(expected_shapes(resolve_config(name, environ={})), tensors)
         if problem is None:
             fits.append(name)
         else:
