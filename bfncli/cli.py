@@ -96,6 +96,9 @@ def _flags(**paths: Any) -> dict[str, Any]:
   [dim]# continue after an interruption[/dim]
   bfn train --resume auto --run-name my-run
 
+  [dim]# fine-tune the released MNIST weights[/dim]
+  bfn train --preset mnist --init official:mnist --set optim.lr=1e-5
+
   accelerate launch --multi_gpu --num_processes 8 -m bfncli train --preset text8
 """,
 )
@@ -111,6 +114,11 @@ def train(
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Steps between checkpoints."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (train.seed)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (newest valid checkpoint of the run) or a checkpoint path."),
+    init: Optional[str] = typer.Option(
+        None, "--init", metavar="SPEC",
+        help=f"Start a new run from these weights (raw and EMA), at step 0 with a fresh optimizer: a bfn .safetensors "
+             f"file, {HUB_SPEC_HELP}.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate everything, print the resolved config as YAML, stop."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the presets and stop."),
     deterministic: bool = DeterministicOpt,
@@ -139,7 +147,8 @@ def train(
         return
     from bfncli.jobs.train import run_training
 
-    run_training(cfg, preset=preset, run_name=run_name, runs_dir=runs_dir, resume=resume, deterministic=deterministic)
+    run_training(cfg, preset=preset, run_name=run_name, runs_dir=runs_dir, resume=resume, deterministic=deterministic,
+                 init=init)
 
 
 def _print_presets() -> None:
