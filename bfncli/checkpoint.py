@@ -180,6 +180,13 @@ def load_tensors(path: Path, device: str = "cpu") -> dict[str, Tensor]:
 
 def check_state_dict(expected: dict[str, Tensor], got: dict[str, Tensor], what: str) -> None:
     """Refuse tensors that do not fit the architecture, naming the offenders."""
+    problem = describe_mismatch(expected, got)
+    if problem:
+        raise UserError(f"{what} does not fit its config ({problem})")
+
+
+def describe_mismatch(expected: dict[str, Tensor], got: dict[str, Tensor]) -> Optional[str]:
+    """None if the tensors fit the architecture exactly, else the missing, unexpected and misshapen names."""
     missing = [k for k in expected if k not in got]
     extra = [k for k in got if k not in expected]
     wrong = [
@@ -192,8 +199,7 @@ def check_state_dict(expected: dict[str, Tensor], got: dict[str, Tensor], what: 
         if names:
             shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
             problems.append(f"{label}: {shown}")
-    if problems:
-        raise UserError(f"{what} does not fit its config ({'; '.join(problems)})")
+    return "; ".join(problems) or None
 
 
 def check_dtypes(expected: dict[str, Tensor], got: dict[str, Tensor], what: str) -> None:

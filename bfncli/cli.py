@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from bfncli import __version__
 from bfncli.errors import Interrupted, UserError, raise_interrupted
+from bfncli.hub import HUB_SPEC_HELP, local_checkpoint
 
 app = typer.Typer(
     name="bfn",
@@ -40,7 +41,8 @@ SetOpt = typer.Option(
 )
 RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", help="Where runs live.", envvar="BFN_RUNS_DIR")
 CheckpointOpt = typer.Option(
-    None, "--checkpoint", help="A bfn .safetensors checkpoint (default: the newest one under --runs-dir)."
+    None, "--checkpoint", metavar="SPEC",
+    help=f"A bfn .safetensors file, {HUB_SPEC_HELP} (default: the newest checkpoint under --runs-dir).",
 )
 DataOpt = typer.Option(None, "--data", help="Your own data: an image folder, a text file or a .safetensors/.npy tensor.")
 DataDirOpt = typer.Option(None, "--data-dir", help="Where the paper's datasets are kept (default ./data).")
@@ -94,6 +96,9 @@ def _flags(**paths: Any) -> dict[str, Any]:
   [dim]# continue after an interruption[/dim]
   bfn train --resume auto --run-name my-run
 
+  [dim]# fine-tune the released MNIST weights[/dim]
+  bfn train --preset mnist --init official:mnist --set optim.lr=1e-5
+
   accelerate launch --multi_gpu --num_processes 8 -m bfncli train --preset text8
 """,
 )
@@ -109,6 +114,11 @@ def train(
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Steps between checkpoints."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (train.seed)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (newest valid checkpoint of the run) or a checkpoint path."),
+    init: Optional[str] = typer.Option(
+        None, "--init", metavar="SPEC",
+        help=f"Start a new run from these weights (raw and EMA), at step 0 with a fresh optimizer: a bfn .safetensors "
+             f"file, {HUB_SPEC_HELP}.",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate everything, print the resolved config as YAML, stop."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the presets and stop."),
     deterministic: bool = DeterministicOpt,
@@ -137,7 +147,8 @@ def train(
         return
     from bfncli.jobs.train import run_training
 
-    run_training(cfg, preset=preset, run_name=run_name, runs_dir=runs_dir, resume=resume, deterministic=deterministic)
+    run_training(cfg, preset=preset, run_name=run_name, runs_dir=runs_dir, resume=resume, deterministic=deterministic,
+                 init=init)
 
 
 def _print_presets() -> None:
@@ -174,6 +185,11 @@ def _dataset_for(path: Optional[Path]) -> Optional[str]:
 
   bfn eval --checkpoint mnist.safetensors --steps 784 --repeats 2000
 
+  [dim]# the released weights: mnist, cifar10-256d, cifar10-16d, cifar10-256c, cifar10-16c, text8[/dim]
+  bfn eval --checkpoint official:mnist --steps 784 --repeats 2000
+
+  bfn eval --checkpoint hf://rupspace/pretrained-BFNs/cifar10_256d_ema.pt --steps 0 --repeats 100
+
   bfn eval --checkpoint text8.safetensors --steps 0 --json
 
   bfn eval --checkpoint cifar.safetensors --data my_images.npy --batch-size 50
@@ -184,7 +200,7 @@ def _dataset_for(path: Optional[Path]) -> Optional[str]:
 """,
 )
 def eval_(
-    checkpoint: Optional[Path] = CheckpointOpt,
+    checkpoint: Optional[str] = CheckpointOpt,
     runs_dir: Path = RunsDirOpt,
     steps: Optional[int] = typer.Option(None, "--steps", help="n >= 1: the n-step discrete-time loss; 0: continuous time."),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="Passes over the data (the official test.py's n_repeats)."),
@@ -204,6 +220,7 @@ def eval_(
         low = 0 if name == "--steps" else 1
         if value is not None and value < low:
             raise UserError(f"{name} must be >= {low}, got {value}")
+    path = local_checkpoint(checkpoint)  # before torch is imported: a bad spec or download fails at once
     if samples is not None:
         likelihood = [name for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size))
                       if value is not None]
@@ -212,14 +229,14 @@ def eval_(
                             f"quality; drop {' '.join(likelihood)}")
         from bfncli.jobs.quality import run_quality
 
-        run_quality(samples, checkpoint, runs_dir, sets=sets, as_json=as_json, deterministic=deterministic,
+        run_quality(samples, path, runs_dir, sets=sets, as_json=as_json, deterministic=deterministic,
                     overrides=_flags(**{"eval.seed": seed, "data.data_dir": data_dir, "data.path": data,
                                         "data.dataset": _dataset_for(data)}))
         return
     from bfncli.jobs.evaluate import run_eval
 
     run_eval(
-        checkpoint=checkpoint,
+        checkpoint=path,
         runs_dir=runs_dir,
         overrides=_flags(**{
             "eval.steps": steps, "eval.repeats": repeats, "eval.batch_size": batch_size, "eval.seed": seed,
@@ -240,13 +257,16 @@ def eval_(
 
   bfn sample --steps 1000 --seed 3 -o samples.safetensors
 
+  [dim]# from the released weights (mnist, cifar10-256d, ..., text8)[/dim]
+  bfn sample --checkpoint official:mnist --shape 4,28,28,1 | bfn render
+
   bfn sample --prompt "in the beginning" | bfn render
 
   bfn sample --trajectory -o flow.safetensors && bfn render flow.safetensors -o flow.gif
 """,
 )
 def sample(
-    checkpoint: Optional[Path] = CheckpointOpt,
+    checkpoint: Optional[str] = CheckpointOpt,
     runs_dir: Path = RunsDirOpt,
     shape: Optional[str] = typer.Option(None, "--shape", help="Comma-separated, batch first, e.g. 4,28,28,1."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the checkpoint's sample.steps)."),
@@ -264,10 +284,11 @@ def sample(
     deterministic: bool = DeterministicOpt,
 ) -> None:
     """Draw samples with the paper's sampler (optionally conditional), as safetensors."""
+    path = local_checkpoint(checkpoint)  # before torch is imported: a bad spec or download fails at once
     from bfncli.jobs.sample import run_sample
 
     run_sample(
-        checkpoint=checkpoint, runs_dir=runs_dir, shape=shape, steps=steps, seed=seed, batch_size=batch_size,
+        checkpoint=path, runs_dir=runs_dir, shape=shape, steps=steps, seed=seed, batch_size=batch_size,
         output=output, trajectory=trajectory, frames=frames, prompt=prompt, template=template, image=image,
         mask=mask, sets=sets, deterministic=deterministic, force=force,
     )
@@ -314,11 +335,18 @@ def render(
 
   [dim]# back to the official layout[/dim]
   bfn convert mnist.safetensors -o mnist_ema.pt
+
+  [dim]# a released file from the Hub (mnist, cifar10-256d, ..., text8), into ./mnist_ema.safetensors[/dim]
+  bfn convert official:mnist
+
+  bfn convert hf://OWNER/REPO/mine_ema.pt@v1 --official-config mine.yaml -o mine.safetensors
 """,
 )
 def convert(
-    source: Path = typer.Argument(..., help="An official .pt state dict, or a bfn .safetensors checkpoint."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default: beside the input)."),
+    source: str = typer.Argument(..., metavar="SOURCE", help=f"An official .pt state dict or a bfn .safetensors "
+                                                              f"checkpoint: a local file, {HUB_SPEC_HELP}."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default: beside the input; "
+                                                                       "a Hub file: into the current folder)."),
     preset: Optional[str] = PresetOpt,
     official_config: Optional[Path] = typer.Option(None, "--official-config", help="The official YAML config of the .pt file."),
     sets: List[str] = SetOpt,

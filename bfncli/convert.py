@@ -22,7 +22,14 @@ import torch
 from torch import Tensor
 
 from bfncli.atomic_files import atomic_path, write_errors_as_oserror
-from bfncli.checkpoint import check_dtypes, check_state_dict, load_tensors, read_info, save_checkpoint
+from bfncli.checkpoint import (
+    check_dtypes,
+    check_state_dict,
+    describe_mismatch,
+    load_tensors,
+    read_info,
+    save_checkpoint,
+)
 from bfncli.config import BFNConfig, deep_merge, load_preset, load_yaml, resolve_config
 from bfncli.errors import UserError
 
@@ -208,19 +215,11 @@ def expected_shapes(cfg: BFNConfig) -> dict[str, Tensor]:
         return make_network(cfg).state_dict()
 
 
-def _mismatch(expected: dict[str, Tensor], got: dict[str, Tensor]) -> Optional[str]:
-    try:
-        check_state_dict(expected, got, "the file")
-    except UserError as err:
-        return str(err).removeprefix("the file does not fit its config (").rstrip(")")
-    return None
-
-
 def recognise(tensors: dict[str, Tensor], filename: str) -> str:
     """The paper preset whose network has exactly these tensors, or an error saying why none fits."""
     fits, reasons = [], []
     for name in PAPER_PRESETS:
-        problem = _mismatch(expected_shapes(resolve_config(name, environ={})), tensors)
+        problem = describe_mismatch(expected_shapes(resolve_config(name, environ={})), tensors)
         if problem is None:
             fits.append(name)
         else:
@@ -240,21 +239,31 @@ def recognise(tensors: dict[str, Tensor], filename: str) -> str:
 
 # ------------------------------------------------------------------------------ the command
 def run_convert(
-    source: Path,
+    source: str | Path,
     output: Optional[Path] = None,
     preset: Optional[str] = None,
     official_config: Optional[Path] = None,
     sets: Optional[list[str]] = None,
     force: bool = False,
 ) -> Path:
-    source = Path(source)
+    """Convert a local file or a Hub spec (hf://..., official:NAME: the file as released is downloaded
+    and converted like a local one, by default into the current folder rather than into the cache)."""
+    from bfncli.hub import fetch, is_hub_spec
+
+    remote = is_hub_spec(str(source))
+    source = fetch(str(source))
     if source.suffix == ".safetensors":
         if preset or official_config:
             raise UserError("--preset/--official-config describe official .pt files; a bfn checkpoint carries its config")
-        return to_official(source, output or source.with_suffix(".pt"), force)
+        return to_official(source, output or _beside(source, ".pt", remote), force)
     if preset and official_config:
         raise UserError("give either --preset or --official-config, not both")
-    return to_bfn(source, output or source.with_suffix(".safetensors"), preset, official_config, sets or [], force)
+    return to_bfn(source, output or _beside(source, ".safetensors", remote), preset, official_config, sets or [], force)
+
+
+def _beside(source: Path, suffix: str, remote: bool) -> Path:
+    """The default output: beside a local input; in the current folder for a downloaded one."""
+    return Path(source.name).with_suffix(suffix) if remote else source.with_suffix(suffix)
 
 
 def _check_output(output: Path, force: bool) -> None:

@@ -23,6 +23,7 @@ from bfncli.errors import UserError
 from bfncli.jobs.data_order import DataOrder, mix
 from bfncli.jobs.fault_injection import Faults
 from bfncli.atomic_files import remove_stale_partials, write_text_atomic
+from bfncli.jobs.initial_weights import load_initial_weights
 from bfncli.jobs.run_directory import (
     append_metrics,
     check_resumed_config,
@@ -80,11 +81,17 @@ def run_training(
     runs_dir: Path = Path("runs"),
     resume: Optional[str] = None,
     deterministic: bool = False,
+    init: Optional[str] = None,
 ) -> Path:
     from bfncli.data import data_spec, load_split
 
+    if init and resume:
+        raise UserError("--init starts a new run from given weights, --resume continues a run from its own "
+                        "checkpoints: give one of them")
     runtime = setup(deterministic)
     cfg = fit_to_data(cfg, data_spec(cfg.data))
+    # before the run folder exists, so that weights that do not fit leave nothing behind
+    initial = load_initial_weights(init, cfg, preset, runtime.is_main) if init else None
     run_dir, start_path = _on_main(runtime, lambda: choose_run_dir(Path(runs_dir), run_name, preset, resume, True))
     if start_path is not None:  # before any data is touched
         from bfncli.checkpoint import read_info
@@ -93,7 +100,7 @@ def run_training(
         check_resumed_config(run_dir, stored, cfg.to_dict())
     train_set = load_split(cfg.data, "train")
     val_set = load_split(cfg.data, "val") if cfg.train.val_every <= cfg.train.steps else None
-    return Trainer(cfg, run_dir, runtime, train_set, val_set).run(start_path)
+    return Trainer(cfg, run_dir, runtime, train_set, val_set, initial).run(start_path)
 
 
 def _on_main(runtime, fn):
@@ -116,8 +123,9 @@ def _on_main(runtime, fn):
 
 
 class Trainer:
-    def __init__(self, cfg: BFNConfig, run_dir: Path, runtime, train_set, val_set):
+    def __init__(self, cfg: BFNConfig, run_dir: Path, runtime, train_set, val_set, initial=None):
         self.cfg = cfg
+        self.initial = initial  # weights to start from (bfn train --init), or None
         self.run_dir = run_dir
         self.runtime = runtime
         self.train_set = train_set
@@ -147,6 +155,8 @@ class Trainer:
                                        project_dir=str(self.run_dir), cpu=not torch.cuda.is_available())
         torch.manual_seed(t.seed)  # initial weights: the same on every process
         model = BFN(self.cfg)
+        if self.initial is not None:
+            model.net.load_state_dict(self.initial.tensors)  # the EMA copied below starts from them too
         self.ema = copy.deepcopy(model).requires_grad_(False).eval()
         groups = self._param_groups(model)
         optimizer = torch.optim.AdamW(groups, lr=self.cfg.optim.lr, betas=self.cfg.optim.betas,
@@ -240,6 +250,8 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=state["step"], desc=self.run_dir.name, unit="step", file=sys.stderr,
                    disable=None if main else True, dynamic_ncols=True)
         metrics_file = self.run_dir / "metrics.jsonl"
+        if self.initial is not None and main:
+            append_metrics(metrics_file, self.initial.record())
         clock, clock_step = time.perf_counter(), state["step"]
         last_saved = state["step"] if start_path is not None else -1
         self.model.train()

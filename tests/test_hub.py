@@ -1,0 +1,345 @@
+"""Checkpoints from the Hugging Face Hub (bfncli.hub), against a stand-in Hub on 127.0.0.1 (hub_server).
+
+Each test gets an empty HF_HOME and HF_ENDPOINT pointing at the stand-in; the commands run as
+subprocesses, so huggingface_hub reads these variables exactly as it does for a user. Commands that
+fail before a model is built never import torch, which keeps most of these tests around a second.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONFORMANCE, assert_one_line_error, run_bfn
+from hub_server import FakeHub, Repo, commit_hash
+from safetensors.torch import load_file, save_file
+
+from bfncli import __version__
+from bfncli.checkpoint import save_checkpoint
+from bfncli.config import resolve_config
+from bfncli.errors import UserError
+from bfncli.hub import HubFile, converted, parse_spec
+
+OFFICIAL = "rupspace/pretrained-BFNs"
+FIRST, SECOND, THIRD = commit_hash("first"), commit_hash("second"), commit_hash("third")
+
+
+@pytest.fixture(autouse=True)
+def _no_hub_settings_of_the_user(monkeypatch):
+    """The user's own HF_* settings (a token, another cache, offline mode) must not reach the tests."""
+    for key in list(os.environ):
+        if key.startswith(("HF_", "HUGGING_FACE_")) or key == "TRANSFORMERS_OFFLINE":
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def hub():
+    with FakeHub({}) as server:
+        yield server
+
+
+def env_for(hub, home: Path, **more) -> dict:
+    return {"HF_ENDPOINT": hub.url, "HF_HOME": str(home), **more}
+
+
+def resolve(spec: str, env: dict) -> Path:
+    """bfncli.hub.local_checkpoint in a fresh process (huggingface_hub reads its settings at import)."""
+    script = "import sys; from bfncli.hub import local_checkpoint; print(local_checkpoint(sys.argv[1]))"
+    result = subprocess.run([sys.executable, "-c", script, spec], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    return Path(result.stdout.strip())
+
+
+def bfn_without_pauses(*args, env: dict):
+    """The real CLI, minus the pauses between the client's retries (a second, then longer; they only wait)."""
+    script = "import time; time.sleep = lambda seconds: None; from bfncli.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
+
+
+def requests_made(hub) -> list:
+    """What the client asked the Hub for (its once-a-day look-up of agent names aside)."""
+    return [r for r in hub.requests if r[1] != "/api/agent-harnesses"]
+
+
+# ------------------------------------------------------------------------------ the grammar
+@pytest.mark.parametrize("spec, repo, path, revision", [
+    ("hf://rupspace/pretrained-BFNs/mnist_ema.pt", OFFICIAL, "mnist_ema.pt", None),
+    ("hf://me/my-bfn/runs/a/model.safetensors@refs/pr/1", "me/my-bfn", "runs/a/model.safetensors", "refs/pr/1"),
+    (f"hf://me/my.bfn/x.pt@{FIRST}", "me/my.bfn", "x.pt", FIRST),
+    ("official:text8", OFFICIAL, "text8_ema.pt", None),
+    ("official:cifar10-16c@v1", OFFICIAL, "cifar10_16c_ema.pt", "v1"),
+])
+def test_specs_name_a_repository_file_and_revision(spec, repo, path, revision):
+    assert parse_spec(spec) == HubFile(spec, repo, path, revision)
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("hf://only-owner", "needs an owner, a repository and a file"),
+    ("hf://owner/repo", "needs an owner, a repository and a file"),
+    ("hf://owner/repo@main/x.pt", "the revision goes at the end"),
+    ("hf://owner/repo/config.yaml", "is not a checkpoint"),
+    ("hf://owner/repo/../x.pt", "not a file path inside the repository"),
+    ("hf://owner/repo/x.pt@", "nothing follows '@'"),
+    ("official:nope", "official:mnist, official:cifar10-256d"),
+])
+def test_malformed_specs_say_how_to_write_them(spec, needle):
+    with pytest.raises(UserError) as err:
+        parse_spec(spec)
+    assert needle in str(err.value) and err.value.exit_code == 2
+
+
+def test_a_plain_path_is_not_a_hub_spec_and_stays_off_the_network():
+    assert parse_spec("runs/x/checkpoints/step-00000010/model.safetensors") is None
+    script = ("import sys; from bfncli.hub import local_checkpoint; p = local_checkpoint('a/b.safetensors'); "
+              "assert str(p) == 'a/b.safetensors' and 'huggingface_hub' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("spec", ["hf://only-owner", "official:nope"])
+def test_bad_specs_through_the_cli(spec, tmp_path, hub):
+    assert_one_line_error(run_bfn("eval", "--checkpoint", spec, env=env_for(hub, tmp_path)), spec)
+    assert hub.requests == []
+
+
+# --------------------------------------------------------------- the released weights, end to end
+@pytest.fixture(scope="module")
+def released_mnist(tmp_path_factory) -> bytes:
+    """An official-format mnist_ema.pt with the mnist preset's exact tensors (random weights): the
+    conformance fixtures are smaller networks, which no preset (hence no official:NAME) fits."""
+    keys = json.loads((CONFORMANCE / "manifests.json").read_text())["mnist_discrete"]["keys"]
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path_factory.mktemp("released") / "mnist_ema.pt"
+    torch.save({key: torch.randn(shape, generator=g) * 0.02 for key, shape in keys.items()}, path)
+    return path.read_bytes()
+
+
+def test_official_weights_download_convert_and_evaluate_then_cost_nothing(hub, tmp_path, released_mnist):
+    hub.repos[OFFICIAL] = Repo({FIRST: {"mnist_ema.pt": released_mnist}}, {"main": FIRST})
+    env = env_for(hub, tmp_path / "hf")
+    data = tmp_path / "data.safetensors"
+    save_file({"data": torch.randint(0, 2, (2, 28, 28, 1), generator=torch.Generator().manual_seed(1))}, str(data))
+
+    first = run_bfn("eval", "--checkpoint", "official:mnist", "--data", data, "--steps", 0, "--repeats", 1, "--json",
+                    env=env)
+    assert first.returncode == 0, first.stderr
+    assert "recognised as preset 'mnist'" in first.stderr
+    snapshot = tmp_path / "hf" / "hub" / "models--rupspace--pretrained-BFNs" / "snapshots" / FIRST
+    bfn_file = snapshot / f"mnist_ema.pt.bfn-{__version__}.safetensors"
+    report = json.loads(first.stdout)
+    assert report["checkpoint"] == str(bfn_file) and math.isfinite(report["total_mean"])
+    assert sorted(p.name for p in snapshot.iterdir()) == ["mnist_ema.pt", bfn_file.name]  # nothing half-written
+
+    hub.requests.clear()  # the second time: what eval/sample/train call, in a fresh process
+    assert resolve("official:mnist", env) == bfn_file
+    assert hub.requests == []  # not one request: the converted file is found in the cache
+
+
+def test_sample_takes_specs_too(hub, tmp_path):
+    env = env_for(hub, tmp_path)
+    assert_one_line_error(run_bfn("sample", "--checkpoint", "official:nope", env=env), "bfn sample:", "official:nope")
+
+
+def test_convert_takes_a_spec_and_writes_into_the_current_folder(hub, tmp_path):
+    fixture = CONFORMANCE / "mnist" / "official_ema.pt"
+    hub.repos["someone/small-bfns"] = Repo({FIRST: {"mnist/small_ema.pt": fixture.read_bytes()}}, {"main": FIRST})
+    result = run_bfn("convert", "hf://someone/small-bfns/mnist/small_ema.pt", "--official-config",
+                     CONFORMANCE / "mnist" / "official_config.yaml", env=env_for(hub, tmp_path / "hf"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    converted = load_file(str(tmp_path / "small_ema.safetensors"))
+    original = torch.load(fixture, weights_only=True)
+    assert converted.keys() == {k.removeprefix("net.") for k in original}
+    assert all(torch.equal(converted[k.removeprefix("net.")], v) for k, v in original.items())
+
+
+def _downloaded(tmp_path, name: str, content: bytes) -> tuple[HubFile, Path]:
+    """A file as hf_hub_download leaves it in the cache, for the conversion step on its own."""
+    path = tmp_path / "hub" / "models--someone--weights" / "snapshots" / FIRST / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    return HubFile(f"hf://someone/weights/{name}", "someone/weights", name, None), path
+
+
+def test_weights_no_preset_fits_are_refused_with_the_way_to_convert_them(tmp_path):
+    fixture = (CONFORMANCE / "mnist" / "official_ema.pt").read_bytes()  # a smaller network than the preset's
+    hub_file, download = _downloaded(tmp_path, "mnist_ema.pt", fixture)
+    with pytest.raises(UserError) as err:
+        converted(hub_file, download)
+    message = str(err.value)
+    assert message.startswith(f"cannot convert {hub_file.spec} on the fly: the weights fit none of the paper presets")
+    assert f"bfn convert {hub_file.spec} -o model.safetensors with --preset NAME or --official-config" in message
+    assert err.value.exit_code == 2 and "\n" not in message
+    assert sorted(p.name for p in download.parent.iterdir()) == ["mnist_ema.pt"]  # nothing half-written
+
+
+def test_a_pickle_that_needs_code_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "the-pickle-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"net.weight": Payload()}, evil)
+    hub_file, download = _downloaded(tmp_path, "text8_ema.pt", evil.read_bytes())
+    with pytest.raises(UserError, match="needs arbitrary code to load") as err:
+        converted(hub_file, download)
+    assert err.value.exit_code == 2 and "\n" not in str(err.value)
+    assert not marker.exists()
+    assert sorted(p.name for p in download.parent.iterdir()) == ["text8_ema.pt"]
+
+
+# -------------------------------------------------------------------------------- revisions
+def test_revisions_pinned_by_commit_named_by_branch_or_left_to_the_cache(hub, tmp_path):
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": b"first"}, SECOND: {"m.safetensors": b"second"},
+                                THIRD: {"m.safetensors": b"third"}}, {"main": SECOND, "v1": FIRST})
+    env = env_for(hub, tmp_path / "hf")
+    spec = f"hf://{OFFICIAL}/m.safetensors"
+    assert resolve(f"{spec}@{FIRST}", env).read_bytes() == b"first"
+    assert resolve(f"{spec}@v1", env).read_bytes() == b"first"  # a tag: asked, and found in the cache
+    assert resolve(spec, env).read_bytes() == b"second"
+
+    hub.repos[OFFICIAL].refs["main"] = THIRD  # a new release
+    hub.requests.clear()
+    assert resolve(spec, env).read_bytes() == b"second"  # no revision: the cached copy, no request
+    assert resolve(f"{spec}@{FIRST}", env).read_bytes() == b"first"  # a commit never changes
+    assert requests_made(hub) == []
+    assert resolve(f"{spec}@main", env).read_bytes() == b"third"  # naming the branch asks the server
+    assert requests_made(hub)
+    hub.requests.clear()
+    assert resolve(spec, env).read_bytes() == b"third" and requests_made(hub) == []
+
+
+# ------------------------------------------------------------------------------ offline use
+def test_offline_serves_the_cache_and_says_what_to_do_without_it(hub, tmp_path):
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": b"weights"}}, {"main": FIRST})
+    env = env_for(hub, tmp_path / "hf")
+    resolve(f"hf://{OFFICIAL}/m.safetensors", env)
+    hub.requests.clear()
+    offline = {**env, "HF_HUB_OFFLINE": "1"}
+    assert resolve(f"hf://{OFFICIAL}/m.safetensors@main", offline).read_bytes() == b"weights"
+    result = run_bfn("eval", "--checkpoint", "official:mnist", env=offline)
+    assert_one_line_error(result, "HF_HUB_OFFLINE", f"{hub.url}/{OFFICIAL}/resolve/main/mnist_ema.pt",
+                          str(tmp_path / "hf" / "hub"), "bfn convert mnist_ema.pt -o mnist_ema.safetensors", code=1)
+    assert hub.requests == []
+
+
+def test_an_unreachable_hub_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = bfn_without_pauses("eval", "--checkpoint", "official:text8",
+                                env={"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HOME": str(tmp_path / "hf")})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "cannot download official:text8" in last and "Connection refused" in last and f"127.0.0.1:{port}/{OFFICIAL}/resolve/main/text8_ema.pt" in last
+
+
+# ------------------------------------------------------------------------- server's answers
+@pytest.fixture
+def answers(hub):
+    hub.repos[OFFICIAL] = Repo({FIRST: {"mnist_ema.pt": b"x"}}, {"main": FIRST})
+    hub.repos["acme/private"] = Repo({FIRST: {"m.safetensors": b"secret weights"}}, {"main": FIRST}, token="hf_s3cret")
+    hub.repos["acme/gated"] = Repo({FIRST: {"m.safetensors": b"x"}}, {"main": FIRST}, gated=True)
+    return hub
+
+
+@pytest.mark.parametrize("spec, needles", [
+    (f"hf://{OFFICIAL}/nope.pt", ["has no file 'nope.pt' at revision main"]),
+    ("hf://nobody/nothing/x.pt", ["there is no repository nobody/nothing", "HF_TOKEN"]),
+    (f"hf://{OFFICIAL}/mnist_ema.pt@no-such-branch", ["has no revision 'no-such-branch'"]),
+    ("hf://acme/private/m.safetensors", ["there is no repository acme/private", "HF_TOKEN"]),  # 401, as the Hub says
+    ("hf://acme/gated/m.safetensors", ["is gated", "HF_TOKEN"]),
+])
+def test_server_refusals_are_one_line(answers, tmp_path, spec, needles):
+    assert_one_line_error(run_bfn("eval", "--checkpoint", spec, env=env_for(answers, tmp_path)), spec, *needles,
+                          code=1)
+
+
+def test_hf_token_opens_a_private_repository(answers, tmp_path):
+    env = env_for(answers, tmp_path, HF_TOKEN="hf_s3cret")
+    assert resolve("hf://acme/private/m.safetensors", env).read_bytes() == b"secret weights"
+
+
+def test_a_truncated_download_is_refused_and_leaves_nothing(hub, tmp_path):
+    weights = bytes(range(256)) * 400
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": weights}}, {"main": FIRST})
+    hub.cut_at["m.safetensors"] = 40_000  # every transfer stops there, though all bytes are announced
+    result = bfn_without_pauses("eval", "--checkpoint", f"hf://{OFFICIAL}/m.safetensors",
+                                env=env_for(hub, tmp_path / "hf"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("bfn eval: the download of") and "broke off" in last, last
+    assert f"{hub.url}/{OFFICIAL}/resolve/main/m.safetensors" in last
+    assert [p for p in (tmp_path / "hf").rglob("*") if p.is_file() and "blobs" in p.parts] == []
+
+
+def test_a_dropped_connection_resumes_where_it_stopped(hub, tmp_path):
+    weights = bytes(range(256)) * 400
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": weights}}, {"main": FIRST})
+    hub.cut_once["m.safetensors"] = 40_000
+    env = env_for(hub, tmp_path / "hf")
+    script = ("import sys, time; time.sleep = lambda seconds: None; from bfncli.hub import local_checkpoint; "
+              "print(local_checkpoint(sys.argv[1]))")
+    result = subprocess.run([sys.executable, "-c", script, f"hf://{OFFICIAL}/m.safetensors"], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, **env})
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).read_bytes() == weights
+    assert len([r for r in hub.requests if r[0] == "GET" and r[1].startswith("/blobs/")]) == 2  # cut, then resumed
+
+
+# ------------------------------------------------------------------------------ fine-tuning
+@pytest.fixture
+def small_checkpoint(tmp_path) -> Path:
+    """A bfn checkpoint of the embedded default preset's network, with weights the run would not draw."""
+    from bfncli.model import BFN
+
+    cfg = resolve_config("default", environ={})
+    torch.manual_seed(1234)
+    return save_checkpoint(tmp_path / "small.safetensors", BFN(cfg).net.state_dict(), cfg, "ema", step=77)
+
+
+def test_train_init_starts_from_downloaded_weights(hub, tmp_path, small_checkpoint):
+    hub.repos["someone/digits-bfn"] = Repo({FIRST: {"model.safetensors": small_checkpoint.read_bytes()}},
+                                           {"main": FIRST})
+    spec = "hf://someone/digits-bfn/model.safetensors"
+    result = run_bfn("train", "--preset", "default", "--init", spec, "--max-steps", 2, "--run-name", "ft",
+                     "--runs-dir", tmp_path / "runs", "--set", "train.batch_size=8", "--set", "optim.lr=1e-12",
+                     env=env_for(hub, tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    assert f"starting from the weights of {spec}" in result.stderr
+    run = tmp_path / "runs" / "ft"
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and first["init"] == spec
+    assert "/snapshots/" in first["init_checkpoint"] and first["init_checkpoint"].endswith("model.safetensors")
+    start = load_file(str(small_checkpoint))
+    state = load_file(str(run / "checkpoints" / "step-00000002" / "state.safetensors"))
+    for name, tensor in start.items():  # a learning rate of ~0: raw weights and EMA still the initial ones
+        torch.testing.assert_close(state[f"model.{name}"], tensor, rtol=0, atol=1e-6)
+        torch.testing.assert_close(state[f"ema.{name}"], tensor, rtol=0, atol=1e-6)
+    steps = [v.item() for k, v in state.items() if k.startswith("optim.") and k.endswith(".step")]
+    assert steps and set(steps) == {2}  # a fresh optimizer: two steps taken, all in this run
+
+
+def test_train_init_that_does_not_fit_names_the_mismatch_and_the_preset(small_checkpoint):
+    from bfncli.jobs.initial_weights import load_initial_weights
+
+    with pytest.raises(UserError) as err:
+        load_initial_weights(str(small_checkpoint), resolve_config("mnist-tiny", environ={}), "mnist-tiny", False)
+    message = str(err.value)
+    assert "does not fit this run's network" in message and "wrong shape" in message
+    assert message.endswith("use --preset default")
+
+
+def test_train_init_and_resume_exclude_each_other():
+    from bfncli.jobs.train import run_training
+
+    with pytest.raises(UserError, match="--init starts a new run .* --resume continues"):
+        run_training(resolve_config("default", environ={}), init="official:mnist", resume="auto")
