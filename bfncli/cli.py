@@ -249,6 +249,16 @@ def eval_(
 
 
 # ------------------------------------------------------------------------------ sample
+def _sampler_help() -> str:
+    from bfncli.samplers import SAMPLERS
+
+    lines = ["auto: the best for the --steps budget (the default)"] + [f"{s.name}: {s.summary}" for s in SAMPLERS.values()]
+    return "Sampler: " + "; ".join(lines) + "."
+
+
+SAMPLER_HELP = _sampler_help()
+
+
 @app.command(
     epilog="""[bold]Examples[/bold]
 
@@ -263,13 +273,31 @@ def eval_(
   bfn sample --prompt "in the beginning" | bfn render
 
   bfn sample --trajectory -o flow.safetensors && bfn render flow.safetensors -o flow.gif
+
+  [dim]# 10 network evaluations with the fast ODE solver, instead of the paper's 100 or 1000 steps[/dim]
+  bfn sample --sampler ode --steps 10 | bfn render
+
+  [dim]# a class-conditional model: sevens, sharpened by classifier-free guidance[/dim]
+  bfn sample --checkpoint cond.safetensors --class 7 --guidance 2 | bfn render
 """,
 )
 def sample(
     checkpoint: Optional[str] = CheckpointOpt,
     runs_dir: Path = RunsDirOpt,
     shape: Optional[str] = typer.Option(None, "--shape", help="Comma-separated, batch first, e.g. 4,28,28,1."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the checkpoint's sample.steps)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", metavar="NAME", help=SAMPLER_HELP),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", help="Network evaluations (default: the checkpoint's sample.steps); for 'paper', its n updates."
+    ),
+    eta: Optional[float] = typer.Option(None, "--eta", help="ode/sde: the time the solver starts at, in (0, 1)."),
+    class_: Optional[str] = typer.Option(
+        None, "--class", metavar="CLASS[,CLASS...]",
+        help="Class-conditional models: a class name or index for all samples, one per sample, or 'none' "
+        "(default: the classes in turn).",
+    ),
+    guidance: Optional[float] = typer.Option(
+        None, "--guidance", help="Classifier-free guidance weight w (1: the conditional model; > 1: sharper classes)."
+    ),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per network batch (chunks)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .safetensors (default: stdout if piped)."),
@@ -283,14 +311,15 @@ def sample(
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
     deterministic: bool = DeterministicOpt,
 ) -> None:
-    """Draw samples with the paper's sampler (optionally conditional), as safetensors."""
+    """Draw samples (optionally conditional, with any sampler) as safetensors."""
     path = local_checkpoint(checkpoint)  # before torch is imported: a bad spec or download fails at once
     from bfncli.jobs.sample import run_sample
 
     run_sample(
         checkpoint=path, runs_dir=runs_dir, shape=shape, steps=steps, seed=seed, batch_size=batch_size,
         output=output, trajectory=trajectory, frames=frames, prompt=prompt, template=template, image=image,
-        mask=mask, sets=sets, deterministic=deterministic, force=force,
+        mask=mask, sets=sets, deterministic=deterministic, force=force, sampler=sampler, eta=eta,
+        classes=class_, guidance=guidance,
     )
 
 

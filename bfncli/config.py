@@ -89,6 +89,8 @@ class DataConfig(Section):
     horizontal_flip: bool = Field(False, description="images: random horizontal flips of training examples")
     seq_len: int = Field(256, ge=1, description="text: characters per example")
     val_frac: float = Field(0.01, gt=0, lt=1, description="images: fraction of the training set held out")
+    class_names: list[str] = Field([], description="labelled data: the names of its classes (set from the data when "
+                                   "a class-conditional model is trained, and kept in its checkpoints)")
 
     @field_validator("path", "data_dir")
     @classmethod
@@ -307,11 +309,27 @@ class EvalConfig(Section):
 
 
 class SampleConfig(Section):
-    """The paper's sampler."""
+    """Sampling: which sampler, how many network evaluations, classes and guidance."""
 
-    steps: int = Field(100, ge=1)
+    sampler: str = Field("auto", description="auto, paper, ode, ode3, sde, sde1 (bfn sample --help describes them)")
+    steps: int = Field(100, ge=1, description="network evaluations (paper: its n updates, n + 1 evaluations)")
+    eta: Optional[float] = Field(None, gt=0, lt=1, description="ode/sde: the time the solver starts at (default: "
+                                 "1e-2 for continuous data, 1e-3 for discrete)")
+    guidance: float = Field(1.0, ge=0, le=100, description="classifier-free guidance weight: 1 = the conditional "
+                            "model, 0 = unconditional, > 1 sharper classes")
     batch_size: int = Field(16, ge=1, description="samples drawn per network batch")
     seed: int = Field(0, ge=0, le=INT64_MAX, description="random seed")
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        from bfncli.samplers import NAMES
+
+        if value not in NAMES:
+            close = difflib.get_close_matches(value, NAMES, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown sampler {value!r}{hint}; choose one of {', '.join(NAMES)}")
+        return value
 
 
 # ---------------------------------------------------------------------------------------- root

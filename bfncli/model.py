@@ -77,25 +77,48 @@ class BFN(nn.Module):
         self.discrete = isinstance(self.flow, DiscreteFlow)
 
     # ------------------------------------------------------------------------ the network
-    def predict(self, input_params, t: Tensor, classes: Optional[Tensor] = None):
+    def predict(self, input_params, t: Tensor, classes: Optional[Tensor] = None, guidance: float = 1.0):
         """p_O for input parameters (mu for continuous flows, theta for discrete) at time ``t``.
 
         ``t`` holds one time per example, shape (B,); so do ``classes`` (class indices, with
         ``network.num_classes`` meaning "no class"), for a class-conditional network only.
         Returns the output distribution over the flattened data dimensions, (B, D).
+
+        Classifier-free guidance (Ho & Salimans 2022): with ``guidance`` w != 1 the network runs once
+        on a batch of 2B, conditional and unconditional, and its outputs are mixed as
+        out = out_uncond + w (out_cond - out_uncond). The outputs are what p_O is built from: logits
+        for discrete data, the noise prediction (an affine function of the data prediction x_hat,
+        so x_hat mixes the same way) and log-std for continuous data. w = 1 is the plain conditional
+        model, w = 0 the unconditional one, w > 1 sharpens towards the class.
         """
         theta = input_params
         b = theta.shape[0]
         t_net = t.reshape(b, *([1] * len(self.data_shape))).expand(b, *self.data_shape)
         net_input = self.flow.net_input(theta)
-        # Networks given to BFN directly (e.g. test oracles) may not take classes at all.
-        raw = self.net(net_input, t_net) if classes is None else self.net(net_input, t_net, classes)
+        if classes is None:  # networks given to BFN directly (e.g. test oracles) may not take classes
+            raw = self.net(net_input, t_net)
+        elif guidance == 1.0:
+            raw = self.net(net_input, t_net, classes)
+        else:
+            both = self.net(torch.cat([net_input, net_input]), torch.cat([t_net, t_net]),
+                            torch.cat([classes, torch.full_like(classes, self.cfg.network.num_classes)]))
+            cond, uncond = both.float().chunk(2)
+            raw = uncond + guidance * (cond - uncond)
         with float32(raw.device):  # the network ran in the precision autocast chose, if any
             params = raw.float().reshape(b, -1, raw.shape[-1])  # (B, D, parameters per dimension)
             if self.discrete:
                 return self.flow.output_distribution(params)
             d = params.shape[1]
             return self.flow.output_distribution(params, theta.reshape(b, d).float(), t.reshape(b, 1).float())
+
+    def prior_prediction(self, batch: int, device=None):
+        """p_O at t = 0 where it needs no network, else None. A noise-predicting continuous model's
+        output is fixed there by the guard of sec. 4.1 (x_hat = 0, std = 1), whatever the network says."""
+        if self.discrete or not self.flow.noise_pred:
+            return None
+        d = int(torch.tensor(self.data_shape).prod())
+        zeros = torch.zeros(batch, d, device=device)
+        return self.flow.output_distribution(torch.zeros(batch, d, 2, device=device), zeros, zeros[:, :1])
 
     def forward(self, x: Tensor, n_steps: int = 0, generator: Optional[torch.Generator] = None) -> Tensor:
         """The training loss (so that DistributedDataParallel sees a forward call)."""

@@ -339,7 +339,7 @@ def test_bad_eval_samples_input(drawn, tmp_path):
         (img, _samples_file(tmp_path / "nan.safetensors", torch.full((4, 8, 8, 1), float("nan"))), "finite floats"),
         (txt, _samples_file(tmp_path / "t.safetensors", torch.full((2, 64), 27), kind="text"), "integers 0..26"),
         (img, img, "is a bfn checkpoint, not samples"),
-        (img, tmp_path / "missing.safetensors", "cannot read"),
+        (img, tmp_path / "missing.safetensors", "does not exist"),
     ]
     (tmp_path / "zero.safetensors").write_bytes(b"")
     cases.append((img, tmp_path / "zero.safetensors", "is empty"))

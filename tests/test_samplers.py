@@ -9,7 +9,7 @@ from bfncli.config import resolve_config
 from bfncli.flows.distributions import bin_centres
 from bfncli.model import BFN
 from bfncli.samplers import Condition, SampleNoise, ancestral
-from bfncli.samplers.condition import text_condition
+from bfncli.samplers.known_data import text_condition
 
 
 class ImageOracle(nn.Module):
@@ -80,7 +80,7 @@ def test_input_distribution_after_n_steps_is_the_flow_at_t1():
     model.net.flow = model.flow
     final = {}
 
-    def record(i, params, dist):
+    def record(i, t, params, dist):
         final["mu"] = params
 
     ancestral(model, SampleNoise(5, 0, 400), steps=25, callback=record)

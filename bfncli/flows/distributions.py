@@ -26,10 +26,10 @@ MIN_PROB = 1e-5  # below this a bin's log-probability falls back to the density 
 MIX_EPS = torch.finfo(torch.float32).eps
 
 
-def mixture_log_weights(probs: Tensor) -> Tensor:
-    """log of mixture weights floored at MIX_EPS and renormalised, over the last dimension."""
+def mixture_weights(probs: Tensor) -> Tensor:
+    """Mixture weights floored at MIX_EPS and renormalised, over the last dimension."""
     clamped = probs.clamp(min=MIX_EPS, max=1 - MIX_EPS)
-    return clamped.log() - clamped.sum(-1, keepdim=True).log()
+    return clamped / clamped.sum(-1, keepdim=True)
 
 
 def log_mean_exp_shift(log_w: Tensor, d: Tensor) -> Tensor:
@@ -129,6 +129,8 @@ class Categorical:
     def mode(self) -> Tensor:
         return self.logits.argmax(-1)
 
+    noise_kind = "uniform"  # what sample() takes as ``noise``, one value per data dimension
+
     def sample(self, generator: Optional[torch.Generator] = None, noise: Optional[Tensor] = None) -> Tensor:
         """Inverse-CDF sampling from uniform ``noise`` (shape of the data), drawn here if not given."""
         u = _uniform(self.logits.shape[:-1], self.logits, generator) if noise is None else noise
@@ -162,6 +164,8 @@ class Bernoulli:
     def mode(self) -> Tensor:
         return (self.logits > 0).long()
 
+    noise_kind = "uniform"
+
     def sample(self, generator: Optional[torch.Generator] = None, noise: Optional[Tensor] = None) -> Tensor:
         u = _uniform(self.logits.shape, self.logits, generator) if noise is None else noise
         return (u < torch.sigmoid(self.logits)).long()
@@ -177,6 +181,8 @@ class Delta:
     @property
     def mode(self) -> Tensor:
         return self.mean
+
+    noise_kind = None  # nothing random about a point mass
 
     def sample(self, generator: Optional[torch.Generator] = None, noise: Optional[Tensor] = None) -> Tensor:
         return self.mean

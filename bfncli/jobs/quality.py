@@ -44,7 +44,7 @@ def run_quality(samples_path: Path, checkpoint: Optional[Path], runs_dir: Path, 
                 sets: list[str], as_json: bool = False, deterministic: bool = False) -> dict[str, Any]:
     from bfncli.checkpoint import read_info
     from bfncli.config import resolve_config
-    from bfncli.jobs.render import read_samples
+    from bfncli.samples_file import read_samples
 
     samples, meta = read_samples(samples_path)
     path = resolve_checkpoint(checkpoint, runs_dir, announce=os.environ.get("RANK", "0") == "0")

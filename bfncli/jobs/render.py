@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -119,7 +120,8 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
         if output is None:
             sys.stdout.write(text)
             return None
-        output.write_text(text)
+        with _writing(output) as partial:
+            partial.write_text(text)
         sys.stderr.write(f"wrote {samples.shape[0]} lines of text to {output}\n")
         return output
     if samples.dim() != 4:
@@ -128,11 +130,53 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
     if output.suffix.lower() != ".png":
         raise UserError(f"image grids are PNG files; name the output e.g. '{output.with_suffix('.png')}'")
     images = to_unit(samples, kind)
-    _save_png(grid(images, cols), output)
+    if "classes" in tensors:
+        _save_class_rows(images, tensors["classes"], _class_names(meta), output, cols)
+    else:
+        _save_png(grid(images, cols), output)
     if preview:
         sys.stdout.write(terminal_preview(images, cols))
     sys.stderr.write(f"wrote a grid of {samples.shape[0]} {kind.replace('_', ' ')}s to {output}\n")
     return output
+
+
+def _class_names(meta: dict[str, str]) -> list[str]:
+    try:
+        names = json.loads(meta.get("class_names", "[]"))
+    except ValueError:
+        names = []
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def _save_class_rows(images: Tensor, classes: Tensor, names: list[str], output: Path, cols: Optional[int]) -> None:
+    """One row of pictures per class, in class order, each row labelled with its class's name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    classes = classes.reshape(-1).long()
+    order = [c for c in sorted(set(classes.tolist()))]
+    rows = [images[classes == c] for c in order]
+    width = cols or max(len(r) for r in rows)
+    rows = [r[:width] for r in rows]
+    blank = torch.full_like(images[0], 0.5)
+    canvas = torch.cat([grid(torch.cat([r, blank.expand(width - len(r), *blank.shape)]), width, min_width=0)
+                        for r in rows])
+    row_height = canvas.shape[0] / len(rows)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * width + 1.5), max(1.5, 0.6 * len(rows) + 0.4)))
+    ax.imshow(canvas[..., 0] if canvas.shape[-1] == 1 else canvas, cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([row_height * (i + 0.5) for i in range(len(rows))])
+    ax.set_yticklabels([names[c] if c < len(names) else ("none" if names and c == len(names) else str(c))
+                        for c in order])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    fig.tight_layout()
+    with _writing(output, fig) as partial:
+        fig.savefig(str(partial), dpi=100)
 
 
 def render_trajectory(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Path],
@@ -148,6 +192,8 @@ def render_trajectory(tensors: dict[str, Tensor], meta: dict[str, str], output: 
     kind = meta["kind"]
     inputs, preds, steps = tensors["flow_input"], tensors["flow_prediction"], tensors["flow_steps"].tolist()
     total = int(meta.get("steps", steps[-1]))
+    evaluations = int(meta.get("evaluations", total + 1))
+    times = tensors["flow_times"].tolist() if "flow_times" in tensors else [(i - 1) / total for i in steps]
     output = output or Path("flow.gif")
     if output.suffix.lower() not in (".gif", ".png"):
         raise UserError(f"a trajectory renders as an animated .gif or a .png strip, not '{output.suffix}'")
@@ -175,7 +221,8 @@ def render_trajectory(tensors: dict[str, Tensor], meta: dict[str, str], output: 
         for artist in artists:
             artist.remove()
         artists.clear()
-        label = "t = 1 (final)" if steps[f] > total else f"step {steps[f]} of {total}  (t = {(steps[f] - 1) / total:.2f})"
+        final = steps[f] >= evaluations
+        label = "t = 1 (final)" if final else f"evaluation {steps[f]} of {evaluations}  (t = {times[f]:.3f})"
         fig.suptitle(label, fontsize=10)
         for ax, panel in zip(axes, panels[f]):
             if kind == "text":

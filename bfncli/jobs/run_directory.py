@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -102,9 +103,11 @@ def start_run_dir(run_dir: Path, config_yaml: str) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(run_dir / "config.yaml", config_yaml)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot set up the run directory '{run_dir}': {err.strerror or err}; "
-                        "choose another --runs-dir, free disk space or fix its permissions", exit_code=1) from None
+    except OSError as err:  # a full disk is the machine's problem (1); a file in the way or no permission, the user's (2)
+        full = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+        raise UserError(f"cannot create the run directory '{run_dir}': {err.strerror or err}; "
+                        "choose another --runs-dir, free disk space or fix its permissions",
+                        exit_code=1 if full else 2) from None
     remove_stale_partials(run_dir)
 
 

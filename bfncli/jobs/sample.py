@@ -1,10 +1,11 @@
 """``bfn sample``: draw samples (optionally conditional, optionally recording the flow) as safetensors.
 
 The output file holds ``samples`` (N, *data_shape) in the model's data layout and metadata saying
-what they are (``kind``: binary_image, discretized_image or text; ``num_bins``; steps, seed,
-checkpoint). With ``--trajectory`` it also holds, for the recorded steps, the input distribution's
-parameters (``flow_input``) and the network's prediction (``flow_prediction``), both (F, N, *shape),
-and ``flow_steps`` (F,).
+what they are (``kind``: binary_image, discretized_image or text; ``num_bins``; the sampler, its steps
+and network evaluations, seed, checkpoint; see bfncli/samples_file.py). Class-conditional samples
+also hold ``classes`` (N,). With ``--trajectory`` the file also holds, for the recorded network
+evaluations, the input distribution's parameters (``flow_input``) and the network's prediction
+(``flow_prediction``), both (F, N, *shape), their indices ``flow_steps`` and times ``flow_times`` (F,).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -59,9 +61,13 @@ def run_sample(
     sets: Optional[list[str]] = None,
     deterministic: bool = False,
     force: bool = False,
+    sampler: Optional[str] = None,
+    eta: Optional[float] = None,
+    classes: Optional[str] = None,
+    guidance: Optional[float] = None,
 ) -> Optional[Path]:
-    from bfncli.samplers import SampleNoise, ancestral
-    from bfncli.samplers.condition import image_condition, text_condition
+    from bfncli.samplers import choose
+    from bfncli.samplers.known_data import image_condition, text_condition
 
     if output is None:
         _check_stdout()
@@ -75,14 +81,21 @@ def run_sample(
     if output is not None:
         _check_output(output, path, force)
     model, info = load_model(path, "cpu")
-    flags = {"sample": {k: v for k, v in (("steps", steps), ("seed", seed), ("batch_size", batch_size)) if v is not None}}
-    cfg = resolve_config(base=info.config.to_dict(), sets=sets or [], flags=flags)
+    chosen = {"steps": steps, "seed": seed, "batch_size": batch_size, "sampler": sampler, "eta": eta,
+              "guidance": guidance}
+    cfg = resolve_config(base=info.config.to_dict(), sets=sets or [],
+                         flags={"sample": {k: v for k, v in chosen.items() if v is not None}})
     model.to(runtime.device)
     kind = samples_kind(model)
     s = cfg.sample
-    steps, seed, chunk = s.steps, s.seed, s.batch_size
-    full_shape = parse_shape(shape, model, 16 if kind != "text" else 4)
+    method, method_steps = choose(s.sampler, s.steps, model.discrete)
+    if method_steps < method.min_steps:
+        raise UserError(f"--steps {s.steps} is too few for the '{method.name}' sampler: it needs at least "
+                        f"{method.min_steps} network evaluations")
+    if s.eta is not None and not method.takes_eta:
+        raise UserError(f"--eta sets where the ode/sde solvers start; the '{method.name}' sampler starts at t = 0")
 
+    count = _sample_count(shape, classes, model, kind)
     condition = None
     if prompt is not None or template is not None:
         if kind != "text":
@@ -92,48 +105,115 @@ def run_sample(
         if kind == "text":
             raise UserError("--image/--mask are for image models; use --prompt or --template for text")
         condition = image_condition(image, mask, model, kind)
+    labels = class_labels(classes, count, cfg, kind)
+    if s.guidance != 1.0 and labels is None:
+        raise UserError("--guidance mixes a class-conditional model's conditional and unconditional predictions; "
+                        "this model has no classes" if cfg.network.num_classes == 0 else
+                        "--guidance needs classes: drop --class none")
 
-    n = full_shape[0]
-    record_at = _frame_steps(steps, frames) if trajectory else set()
-    outputs, traj_in, traj_pred = [], [], []
+    evaluations = method.evaluations(method_steps)
+    record_at = _frame_steps(evaluations - 1, frames) if trajectory else set()
     from tqdm import tqdm
 
-    bar = tqdm(total=steps * math.ceil(n / chunk), desc="sample", unit="step", file=sys.stderr, dynamic_ncols=True,
-               disable=None)
-    for first in range(0, n, chunk):
-        count = min(chunk, n - first)
-        noise = SampleNoise(seed, first, count, runtime.device)
-        ins, preds = [], []
+    bar = tqdm(total=evaluations * math.ceil(count / s.batch_size), desc=f"sample ({method.name})", unit="eval",
+               file=sys.stderr, dynamic_ncols=True, disable=None)
+    inputs: dict[int, list[Tensor]] = {}  # chunk -> recorded frames
+    predictions: dict[int, list[Tensor]] = {}
+    times: dict[int, float] = {}  # evaluation -> t
 
-        def callback(i, params, dist):
-            if i <= steps:
-                bar.update()
-            if i in record_at:
-                ins.append(_view_input(model, params).cpu())
-                preds.append(_view_prediction(model, dist).cpu())
+    def record(chunk, i, t, params, dist):
+        bar.update()
+        if i in record_at:
+            inputs.setdefault(chunk, []).append(_view_input(model, params).cpu())
+            predictions.setdefault(chunk, []).append(_view_prediction(model, dist).cpu())
+            times[i] = t
 
-        outputs.append(ancestral(model, noise, steps, callback=callback, condition=condition).cpu())
-        if trajectory:
-            traj_in.append(torch.stack(ins))
-            traj_pred.append(torch.stack(preds))
+    samples = draw_samples(model, count, method, method_steps, s.seed, s.batch_size, runtime.device, eta=s.eta,
+                           condition=condition, labels=labels, guidance=s.guidance, callback=record)
     bar.close()
-    tensors = {"samples": torch.cat(outputs).contiguous()}
+    tensors = {"samples": samples.contiguous()}
     if trajectory:
-        tensors["flow_input"] = torch.cat(traj_in, 1).contiguous()
-        tensors["flow_prediction"] = torch.cat(traj_pred, 1).contiguous()
-        tensors["flow_steps"] = torch.tensor(sorted(record_at))
+        tensors["flow_input"] = torch.cat([torch.stack(inputs[c]) for c in sorted(inputs)], 1).contiguous()
+        tensors["flow_prediction"] = torch.cat([torch.stack(predictions[c]) for c in sorted(predictions)], 1).contiguous()
+        tensors["flow_steps"] = torch.tensor(sorted(times))
+        tensors["flow_times"] = torch.tensor([times[i] for i in sorted(times)], dtype=torch.float64)
     if condition is not None:
-        tensors["known"] = condition.known.expand(n, *model.data_shape).contiguous().to(torch.uint8)
+        tensors["known"] = condition.known.expand(count, *model.data_shape).contiguous().to(torch.uint8)
     meta = {
-        "format": SAMPLES_FORMAT, "kind": kind, "steps": str(steps), "seed": str(seed),
-        "checkpoint": str(path), "shape": json.dumps(list(full_shape)),
+        "format": SAMPLES_FORMAT, "kind": kind, "sampler": method.name, "steps": str(method_steps),
+        "evaluations": str(evaluations), "seed": str(s.seed), "checkpoint": str(path),
+        "shape": json.dumps([count, *model.data_shape]),
         "num_bins": str(model.flow.num_bins or "") if not model.discrete else str(model.flow.n_classes),
     }
+    if s.eta is not None:
+        meta["eta"] = repr(s.eta)
+    if labels is not None:
+        tensors["classes"] = labels.contiguous()
+        meta["class_names"] = json.dumps(list(cfg.data.class_names))
+        meta["guidance"] = repr(s.guidance)
     if kind == "text":
         from bfncli.data.examples import ALPHABET
 
         meta["alphabet"] = ALPHABET
     return _write(tensors, meta, output)
+
+
+def draw_samples(model, count: int, method, steps: int, seed: int, batch_size: int, device, eta=None,
+                 condition=None, labels: Optional[Tensor] = None, guidance: float = 1.0, callback=None) -> Tensor:
+    """``count`` samples with ``method`` (a Sampler), ``batch_size`` at a time. Sample j's randomness is
+    its own stream seeded by (seed, j), so the batch size never changes the samples.
+    ``callback(chunk, i, t, params, dist)`` sees every network evaluation of every chunk."""
+    from bfncli.samplers import ConditionedModel, SampleNoise
+
+    outputs = []
+    for chunk, first in enumerate(range(0, count, batch_size)):
+        n = min(batch_size, count - first)
+        chunk_labels = None if labels is None else labels[first:first + n]
+        conditioned = ConditionedModel(model, n, condition, chunk_labels, guidance, device)
+        on_evaluation = None if callback is None else partial(callback, chunk)
+        outputs.append(method.run(conditioned, SampleNoise(seed, first, n, device), steps, on_evaluation, eta=eta).cpu())
+    return torch.cat(outputs)
+
+
+def _sample_count(shape: Optional[str], classes: Optional[str], model, kind: str) -> int:
+    """--shape's N; else as many as classes listed (--class 3,3,7); else 16 pictures or 4 texts."""
+    listed = len(classes.split(",")) if classes and "," in classes else None
+    if shape is not None:
+        count = parse_shape(shape, model, 0)[0]
+        if listed is not None and listed != count:
+            raise UserError(f"--class lists {listed} classes but --shape asks for {count} samples; give one class "
+                            "per sample, or one class for all")
+        return count
+    return listed or (16 if kind != "text" else 4)
+
+
+def class_labels(text: Optional[str], count: int, cfg, kind: str) -> Optional[Tensor]:
+    """The class of every sample: --class NAME|INDEX, a list (one per sample), or 'none'
+    (unconditional); by default the classes in turn. None for a model without classes."""
+    k = cfg.network.num_classes
+    if k == 0:
+        if text is not None:
+            what = "text models are unconditional" if kind == "text" else "this model was trained without classes"
+            raise UserError(f"--class needs a class-conditional model; {what} (train one with network.num_classes, "
+                            "e.g. --preset default-cond)")
+        return None
+    names = list(cfg.data.class_names) or [str(i) for i in range(k)]
+    if text is None:
+        return torch.arange(count) % k
+    if text.strip().lower() == "none":
+        return torch.full((count,), k)
+    wanted = [part.strip() for part in text.split(",")]
+    out = []
+    for item in wanted:
+        if item in names:
+            out.append(names.index(item))
+        elif item.isdigit() and int(item) < k:
+            out.append(int(item))
+        else:
+            raise UserError(f"--class {item!r} is not one of this model's {k} classes: {', '.join(names)} "
+                            f"(or 0..{k - 1}, or none)")
+    labels = torch.tensor(out)
+    return labels.expand(count).clone() if len(out) == 1 else labels
 
 
 def _frame_steps(steps: int, frames: int) -> set[int]:

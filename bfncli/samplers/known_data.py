@@ -9,7 +9,7 @@ import torch
 
 from bfncli.data.examples import ALPHABET
 from bfncli.errors import UserError
-from bfncli.samplers.ancestral import Condition
+from bfncli.samplers.conditioning import Condition
 
 PLACEHOLDER = "?"
 
