@@ -214,12 +214,19 @@ def eval_(
     samples: Optional[Path] = typer.Option(
         None, "--samples", help="Measure these samples' quality (a bfn sample -o file) instead of the likelihood."
     ),
+    class_: Optional[str] = typer.Option(
+        None, "--class", metavar="none", help="Class-conditional models: 'none' gives the unconditional likelihood "
+        "(default: conditional on each example's class)."
+    ),
 ) -> None:
     """Evaluate a checkpoint: the paper's loss with standard errors (nats, bits, per example), or its samples."""
     for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size)):
         low = 0 if name == "--steps" else 1
         if value is not None and value < low:
             raise UserError(f"{name} must be >= {low}, got {value}")
+    if class_ is not None and class_.strip().lower() != "none":
+        raise UserError(f"bfn eval --class takes only 'none' (the unconditional likelihood), not {class_!r}: the "
+                        "conditional likelihood uses each example's own class")
     path = local_checkpoint(checkpoint)  # before torch is imported: a bad spec or download fails at once
     if samples is not None:
         likelihood = [name for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size))
@@ -245,6 +252,7 @@ def eval_(
         sets=sets,
         as_json=as_json,
         deterministic=deterministic,
+        unconditional=class_ is not None,
     )
 
 
@@ -393,6 +401,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     import signal
 
     signal.signal(signal.SIGINT, raise_interrupted)  # see Interrupted: typer would swallow KeyboardInterrupt
+    try:
+        _run(argv)
+    except Interrupted as err:  # one that arrived while reporting another outcome
+        _fail(f"bfn: interrupted{'; ' + err.note if err.note else ''}", 130)
+
+
+def _run(argv: Optional[list[str]]) -> None:
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
     where = "bfn" + (f" {args[0]}" if args and args[0] in getattr(command, "commands", {}) else "")

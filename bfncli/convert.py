@@ -305,6 +305,9 @@ def to_official(source: Path, output: Path, force: bool) -> Path:
         raise UserError(f"official checkpoints are .pt files; name the output e.g. '{output.with_suffix('.pt')}'")
     _check_output(output, force)
     info = read_info(source)
+    if getattr(info.config.network, "num_classes", 0):
+        raise UserError(f"'{source}' is a class-conditional model; the official code has no class embedding, so it "
+                        "cannot be converted to the official layout")
     tensors = load_tensors(source)
     expected = expected_shapes(info.config)
     check_state_dict(expected, tensors, f"checkpoint '{source}'")

@@ -120,9 +120,10 @@ class BFN(nn.Module):
         zeros = torch.zeros(batch, d, device=device)
         return self.flow.output_distribution(torch.zeros(batch, d, 2, device=device), zeros, zeros[:, :1])
 
-    def forward(self, x: Tensor, n_steps: int = 0, generator: Optional[torch.Generator] = None) -> Tensor:
+    def forward(self, x: Tensor, n_steps: int = 0, generator: Optional[torch.Generator] = None,
+                classes: Optional[Tensor] = None) -> Tensor:
         """The training loss (so that DistributedDataParallel sees a forward call)."""
-        return self.loss(x, n_steps, generator)
+        return self.loss(x, n_steps, generator, classes)
 
     # ----------------------------------------------------------------------------- losses
     def sample_t(self, batch: int, n_steps: int, device, generator=None) -> Tensor:
@@ -134,12 +135,14 @@ class BFN(nn.Module):
     def _per_example(self, t: Tensor, x: Tensor) -> Tensor:
         return t.reshape(-1, *([1] * (x.dim() - 1)))
 
-    def loss(self, x: Tensor, n_steps: int = 0, generator: Optional[torch.Generator] = None) -> Tensor:
-        """The loss of a batch in nats per data dimension: continuous-time (``n_steps`` = 0) or n-step."""
+    def loss(self, x: Tensor, n_steps: int = 0, generator: Optional[torch.Generator] = None,
+             classes: Optional[Tensor] = None) -> Tensor:
+        """The loss of a batch in nats per data dimension: continuous-time (``n_steps`` = 0) or n-step;
+        for a class-conditional network, given ``classes`` (B,) ("no class" = network.num_classes)."""
         t = self.sample_t(x.shape[0], n_steps, x.device, generator)
         with float32(x.device):
             theta = self.flow.flow_sample(x, self._per_example(t, x), generator)
-        dist = self.predict(theta, t)
+        dist = self.predict(theta, t, classes)
         with float32(x.device):
             flat = x.reshape(x.shape[0], -1)
             t_flat = t.reshape(-1, 1)
@@ -149,12 +152,13 @@ class BFN(nn.Module):
                 per_dim = self.flow.continuous_time_loss(flat, dist, t_flat)
             return per_dim.mean()
 
-    def reconstruction_loss(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    def reconstruction_loss(self, x: Tensor, generator: Optional[torch.Generator] = None,
+                            classes: Optional[Tensor] = None) -> Tensor:
         """-log p_O(x | theta, 1) per data dimension, theta drawn from the flow at t = 1."""
         t = torch.ones(x.shape[0], device=x.device)
         with float32(x.device):
             theta = self.flow.flow_sample(x, self._per_example(t, x), generator)
-        dist = self.predict(theta, t)
+        dist = self.predict(theta, t, classes)
         with float32(x.device):
             return self.flow.reconstruction_loss(x.reshape(x.shape[0], -1), dist).mean()
 

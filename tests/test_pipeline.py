@@ -2,46 +2,13 @@
 images, discretized images and text; the flow as a GIF; conditional sampling; reproducibility;
 and one-line errors for bad input to eval, convert, sample and render."""
 
-import gzip
-import struct
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import CONFORMANCE, assert_one_line_error, run_bfn
+from conftest import CONFORMANCE, assert_one_line_error, ckpt, run_bfn
 from safetensors.torch import load_file, save_file
-
-IMAGE = ["--set", "network.embedding_dim=16", "--set", "network.n_blocks=1", "--set", "network.norm_groups=4",
-         "--set", "network.output_adapter.input_height=17", "--set", "train.batch_size=8"]
-TEXT = ["--preset", "pyhelp", "--set", "network.n_layer=1", "--set", "network.n_embd=32",
-        "--set", "network.input_adapter.output_size=32", "--set", "train.batch_size=4"]
-MNIST = ["--preset", "mnist-tiny", "--set", "train.batch_size=4"]
-
-
-def _idx(images):
-    n, h, w = images.shape
-    return gzip.compress(struct.pack(">IIII", 0x803, n, h, w) + bytes(images.flatten().tolist()))
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Three tiny trained runs: embedded digits, Python help text, MNIST (synthetic IDX files)."""
-    root = tmp_path_factory.mktemp("pipeline")
-    mnist = root / "data" / "mnist"
-    mnist.mkdir(parents=True)
-    g = torch.Generator().manual_seed(0)
-    for name, n in (("train-images-idx3-ubyte.gz", 200), ("t10k-images-idx3-ubyte.gz", 20)):
-        (mnist / name).write_bytes(_idx(torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)))
-    for name, args in (("img", IMAGE), ("txt", TEXT), ("mnist", MNIST + ["--data-dir", root / "data"])):
-        result = run_bfn("train", *args, "--runs-dir", root / name, "--run-name", name, "--max-steps", 3, cwd=root)
-        assert result.returncode == 0, result.stderr
-    return root
-
-
-def ckpt(runs, name):
-    return next((runs / name / name / "checkpoints").glob("step-*/model.safetensors"))
-
 
 def shell(cmd, cwd):
     return subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, cwd=cwd, timeout=300)

@@ -186,9 +186,13 @@ def read_tensor_file(path: Path, num_bins: int, labels: bool = False) -> TensorE
         except ImportError:
             raise UserError("reading .npy files needs numpy: pip install numpy, or use .safetensors") from None
         try:
-            data = torch.from_numpy(np.load(path, allow_pickle=False))
+            array = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
             raise UserError(f"'{path}' is not a readable .npy array ({str(err)[:80]})") from None
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":  # not numbers (or complex)
+            what = getattr(array, "dtype", type(array).__name__)
+            raise UserError(f"'{path}' holds {what} values, not real numbers; expected {TENSOR_LAYOUTS}")
+        data = torch.from_numpy(array)
     else:
         raise UserError(f"'{path}': tensor files are .safetensors or .npy")
     data, spec = _tensor_layout(data, path, num_bins)
@@ -243,6 +247,8 @@ def checked_labels(labels: Tensor, count: int, names: Optional[tuple[str, ...]],
 
 
 def _tensor_layout(data: Tensor, path: Path, num_bins: int) -> tuple[Tensor, DataSpec]:
+    if data.is_complex():
+        raise UserError(f"'{path}' holds {str(data.dtype).removeprefix('torch.')} values; expected {TENSOR_LAYOUTS}")
     if data.numel() == 0 or data.dim() < 2:
         raise UserError(f"'{path}' has shape {tuple(data.shape)}; expected {TENSOR_LAYOUTS}")
     if data.is_floating_point():

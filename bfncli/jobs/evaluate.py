@@ -25,7 +25,7 @@ import torch
 from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
 from bfncli.errors import Interrupted, UserError
-from bfncli.jobs.runtime import Runtime, resolve_checkpoint, setup
+from bfncli.jobs.runtime import Runtime, require_memory, resolve_checkpoint, setup
 
 
 def run_eval(
@@ -35,28 +35,49 @@ def run_eval(
     sets: list[str],
     as_json: bool = False,
     deterministic: bool = False,
+    unconditional: bool = False,
 ) -> dict[str, Any]:
     runtime = setup(deterministic)
     path = resolve_checkpoint(checkpoint, runs_dir, announce=runtime.is_main)
     model, info = load_model(path, "cpu")
     cfg = resolve_config(base=info.config.to_dict(), sets=sets, flags=overrides)
     model.to(runtime.device)
-    examples = _eval_examples(cfg, model)
+    classes = _classes_mode(cfg, unconditional)
+    examples = _eval_examples(cfg, model, labels=classes == "labels")
     e = cfg.eval
+    per_example = 4 * math.prod(model.data_shape) * (model.flow.n_classes if model.discrete else 1)
+    batch = min(e.batch_size, len(examples))
+    require_memory(8 * batch * per_example, f"a batch of {batch} examples", "lower --batch-size", runtime.device)
     result = estimate(model, examples, e.steps, e.repeats, e.batch_size, e.seed, runtime,
-                      state_key=_state_key(path, cfg), progress=runtime.is_main)
-    result.update(checkpoint=str(path), weights=info.weights, step=info.step)
+                      state_key=_state_key(info, cfg, examples, classes), progress=runtime.is_main, classes=classes)
+    result.update(checkpoint=str(path), weights=info.weights, step=info.step, classes=classes)
     if runtime.is_main:
         sys.stdout.write(json.dumps(result) + "\n" if as_json else format_report(result, cfg))
     return result
 
 
-def _eval_examples(cfg, model):
-    """The evaluation data: the test split of the checkpoint's dataset, or the user's --data."""
+def _classes_mode(cfg, unconditional: bool) -> Optional[str]:
+    """What a class-conditional model is evaluated with: the examples' classes ("labels": the
+    conditional likelihood) or none ("none": --class none, the unconditional one)."""
+    if not cfg.network.num_classes:
+        if unconditional:
+            raise UserError("--class none asks a class-conditional model for its unconditional likelihood; this "
+                            "model has no classes: drop --class")
+        return None
+    return "none" if unconditional else "labels"
+
+
+def _eval_examples(cfg, model, labels: bool = False):
+    """The evaluation data: the test split of the checkpoint's dataset, or the user's --data (with
+    their classes for a class-conditional model)."""
     from bfncli.data import load_split
 
     own = cfg.data.dataset in ("images", "text", "tensor")
-    examples = load_split(cfg.data, "all" if own else "test")
+    examples = load_split(cfg.data, "all" if own else "test", labels=labels)
+    if labels and list(examples.spec.class_names) != list(cfg.data.class_names):
+        raise UserError(f"the evaluation data's classes ({', '.join(examples.spec.class_names)}) are not the "
+                        f"model's ({', '.join(cfg.data.class_names)}); use data with the same classes, or "
+                        "--class none for the unconditional likelihood")
     shape = tuple(examples.spec.shape)
     if shape != tuple(model.data_shape):
         source = f"'{cfg.data.path}'" if cfg.data.path else f"the {cfg.data.dataset} test split"
@@ -74,8 +95,9 @@ def _eval_examples(cfg, model):
 # ------------------------------------------------------------------------------ estimator
 @torch.inference_mode()
 def estimate(model, examples, n_steps: int, repeats: int, batch_size: int, seed: int, runtime: Runtime,
-             state_key: Optional[str] = None, progress: bool = True) -> dict[str, Any]:
-    """Mean and standard error of the loss and the reconstruction loss over ``repeats`` passes."""
+             state_key: Optional[str] = None, progress: bool = True, classes: Optional[str] = None) -> dict[str, Any]:
+    """Mean and standard error of the loss and the reconstruction loss over ``repeats`` passes.
+    ``classes``: None (an unconditional model), "labels" (each example's class) or "none"."""
     from tqdm import tqdm
 
     model.eval()
@@ -98,8 +120,9 @@ def estimate(model, examples, n_steps: int, repeats: int, batch_size: int, seed:
             for start in starts:
                 index = torch.arange(start, min(start + batch_size, n))
                 x = examples.batch(index, data_gen).to(device)
-                loss_sum += model.loss(x, n_steps, gen)
-                recon_sum += model.reconstruction_loss(x, gen)
+                c = _classes_of(model, examples, index, classes, device)
+                loss_sum += model.loss(x, n_steps, gen, c)
+                recon_sum += model.reconstruction_loss(x, gen, c)
                 bar.update()
             done[r] = (loss_sum.item() / len(starts), recon_sum.item() / len(starts))
             if state:
@@ -114,6 +137,14 @@ def estimate(model, examples, n_steps: int, repeats: int, batch_size: int, seed:
     done = _gather(done, runtime)
     values = [done[r] for r in range(repeats)]
     return summarise(values, n_steps, n, math.prod(model.data_shape), seed, batch_size)
+
+
+def _classes_of(model, examples, index, mode: Optional[str], device):
+    if mode is None:
+        return None
+    if mode == "none":
+        return torch.full((len(index),), model.cfg.network.num_classes, device=device)
+    return examples.labels_of(index).to(device)
 
 
 def _repeat_seed(seed: int, repeat: int, stream: int) -> int:
@@ -169,6 +200,8 @@ def format_report(r: dict[str, Any], cfg) -> str:
     example = {"mnist": "image", "cifar10": "image", "digits": "image", "images": "image"}.get(cfg.data.dataset,
                                                                                             "example")
     how = "continuous-time loss" if r["n_steps"] == 0 else f"{r['n_steps']}-step discrete-time loss"
+    how += {"labels": ", conditional on each example's class", "none": ", unconditional (--class none)"}.get(
+        r.get("classes"), "")
     lines = [
         f"checkpoint   {r['checkpoint']} ({r['weights']} weights, step {r['step']})",
         f"estimate     {how}, {r['repeats']} repeats over {r['n_examples']} examples of {d} dims (seed {r['seed']})",
@@ -187,14 +220,26 @@ def _pm(mean: float, err: float) -> str:
 
 
 # --------------------------------------------------------------------------- resumable state
-def _state_key(path: Path, cfg) -> str:
-    stat = Path(path).stat()
+def _state_key(info, cfg, examples, classes: Optional[str]) -> str:
+    """What finished repeats are kept under: the checkpoint's weights and the data by their content
+    (changed data or weights never return stale numbers), the settings, and this bfn's version."""
+    from bfncli import __version__
+    from bfncli.checkpoint import CHECKSUM
+
+    weights = info.metadata.get(CHECKSUM) or _file_sha256(info.path)
     ident = {
-        "checkpoint": str(Path(path).resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns,
-        "eval": cfg.eval.model_dump(exclude={"repeats"}), "data": cfg.data.model_dump(mode="json"),
-        "flow": cfg.flow.model_dump(),
+        "weights": weights, "data": examples.fingerprint(), "eval": cfg.eval.model_dump(exclude={"repeats"}),
+        "flow": cfg.flow.model_dump(), "output": cfg.output.model_dump(), "classes": classes, "bfn": __version__,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class _State:

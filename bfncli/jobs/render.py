@@ -158,7 +158,7 @@ def _save_class_rows(images: Tensor, classes: Tensor, names: list[str], output: 
     classes = classes.reshape(-1).long()
     order = [c for c in sorted(set(classes.tolist()))]
     rows = [images[classes == c] for c in order]
-    width = cols or max(len(r) for r in rows)
+    width = min(cols or 10**9, max(len(r) for r in rows))
     rows = [r[:width] for r in rows]
     blank = torch.full_like(images[0], 0.5)
     canvas = torch.cat([grid(torch.cat([r, blank.expand(width - len(r), *blank.shape)]), width, min_width=0)

@@ -72,8 +72,13 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
             run_dir = runs_dir / run_name
         best, skipped = find_resumable(run_dir)
         report_skipped(skipped, announce)
-        if best is None and announce:
-            sys.stderr.write(f"no checkpoint in {run_dir} yet: starting it from the beginning\n")
+        if best is None:
+            started_from = _initial_weights_of(run_dir)
+            if started_from:  # starting afresh would start from random weights instead
+                raise UserError(f"run '{run_dir.name}' started from --init {started_from} and stopped before its first "
+                                f"checkpoint; start it again with --init {started_from} --run-name {run_dir.name}")
+            if announce:
+                sys.stderr.write(f"no checkpoint in {run_dir} yet: starting it from the beginning\n")
         return run_dir, best
     name = run_name or f"{preset or 'default'}-{datetime.now():%Y%m%d-%H%M%S}"
     if name in (".", "..") or "/" in name or os.sep in name:
@@ -86,6 +91,18 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
         if announce:
             sys.stderr.write(f"run '{name}' stopped before its first checkpoint: starting it afresh\n")
     return run_dir, None
+
+
+def _initial_weights_of(run_dir: Path) -> Optional[str]:
+    """The --init spec a run started from (its first metrics record says so), if any."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    try:
+        first = next(iter(read_metrics(path)), {})
+    except OSError:
+        return None
+    return first.get("init") if isinstance(first.get("init"), str) else None
 
 
 def never_got_anywhere(run_dir: Path) -> bool:
@@ -114,10 +131,15 @@ def start_run_dir(run_dir: Path, config_yaml: str) -> None:
 def check_resumed_config(run_dir: Path, checkpoint_config: dict, new_config: dict) -> None:
     """Refuse to resume with a config that changes the run, compared with the run's config.yaml (or,
     where that is missing, the config inside the checkpoint); then record the config resumed with."""
+    from bfncli.config import validate_config
+
     path = Path(run_dir) / "config.yaml"
-    old = checkpoint_config
-    if path.exists():
-        old = read_run_config(path)
+    old = read_run_config(path) if path.exists() else checkpoint_config
+    try:  # written by an older bfn, it may lack fields added since: compare with their defaults filled in
+        old = validate_config(old).to_dict()
+    except UserError as err:
+        raise UserError(f"the run's config '{path}' no longer validates ({err}); delete it to resume with the config "
+                        "stored in the checkpoint") from None
     changes = config_changes(old, new_config)
     if changes:
         raise UserError("cannot resume with a config that changes the run: " + "; ".join(changes[:6])
@@ -164,6 +186,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a metrics file; lines that are not JSON objects (cut short by a crash, damaged,
     not UTF-8) are skipped."""
     records = []
+    if not Path(path).is_file():  # a device or a pipe (which may never end) holds no records to read
+        return records
     with open(path, "rb") as f:
         for raw in f:
             try:
@@ -177,7 +201,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines the interrupted run wrote after the checkpoint it resumes from."""
-    if not path.exists():
+    if not path.is_file():
         return
     keep = [json.dumps(r) + "\n" for r in read_metrics(path) if r["step"] <= step]
     try:

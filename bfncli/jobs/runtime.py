@@ -64,3 +64,30 @@ def resolve_checkpoint(checkpoint: Optional[Path], runs_dir: Path, announce: boo
     if announce:
         sys.stderr.write(f"using checkpoint {path}\n")
     return path
+
+
+def free_memory(device: torch.device) -> Optional[int]:
+    """Bytes that can still be allocated on ``device`` (the GPU's free memory, or the machine's
+    available memory), or None where that cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def require_memory(nbytes: float, what: str, hint: str, device: torch.device) -> None:
+    """Refuse, before allocating anything, work whose tensors alone would not fit in memory (a lower
+    bound: what the network needs on top of them comes later, and its failure is caught too)."""
+    free = free_memory(device)
+    if free is not None and nbytes > free:
+        raise UserError(f"{what} needs at least {nbytes / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free on "
+                        f"{device.type}; {hint}")

@@ -24,7 +24,7 @@ from bfncli.atomic_files import atomic_path, save_tensors
 from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
 from bfncli.errors import UserError
-from bfncli.jobs.runtime import resolve_checkpoint, setup
+from bfncli.jobs.runtime import require_memory, resolve_checkpoint, setup
 from bfncli.samples_file import SAMPLES_FORMAT, samples_kind
 
 
@@ -111,6 +111,11 @@ def run_sample(
                         "this model has no classes" if cfg.network.num_classes == 0 else
                         "--guidance needs classes: drop --class none")
 
+    state_bytes = 4 * math.prod(model.data_shape) * (model.flow.n_classes if model.discrete else 2)
+    batch = min(s.batch_size, count)
+    require_memory(count * 4 * math.prod(model.data_shape) + 8 * batch * state_bytes,
+                   f"{count} samples in batches of {batch}", "draw fewer samples (--shape) or lower --batch-size",
+                   runtime.device)
     evaluations = method.evaluations(method_steps)
     record_at = _frame_steps(evaluations - 1, frames) if trajectory else set()
     from tqdm import tqdm

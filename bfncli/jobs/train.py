@@ -10,6 +10,7 @@ interrupted (an epoch boundary, mid-epoch, mid-accumulation, mid-checkpoint-writ
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
 import time
@@ -31,7 +32,7 @@ from bfncli.jobs.run_directory import (
     start_run_dir,
     truncate_metrics,
 )
-from bfncli.jobs.runtime import setup
+from bfncli.jobs.runtime import require_memory, setup
 from bfncli.jobs.stop_signals import StopFlag
 from bfncli.training_state import load_training_checkpoint, restore_optimizer, save_training_checkpoint
 
@@ -69,6 +70,13 @@ def fit_to_data(cfg: BFNConfig, spec) -> BFNConfig:
             tree["data"]["num_bins"] = spec.num_bins
             if cfg.output.kind in ("discretized_normal", "delta"):
                 tree["output"]["num_bins"] = spec.num_bins
+    if cfg.network.num_classes:  # a class-conditional network has one class per class of the data
+        if not spec.class_names:
+            raise UserError("network.num_classes > 0 trains a class-conditional model, which needs labelled data "
+                            "(digits, MNIST, CIFAR-10, an image folder with one subfolder per class, or a tensor file "
+                            "with 'labels'); set network.num_classes=0 for an unconditional model")
+        net["num_classes"] = len(spec.class_names)
+        tree["data"]["class_names"] = list(spec.class_names)
     tree["network"] = net
     return resolve_config(base=tree, environ={})
 
@@ -89,7 +97,8 @@ def run_training(
         raise UserError("--init starts a new run from given weights, --resume continues a run from its own "
                         "checkpoints: give one of them")
     runtime = setup(deterministic)
-    cfg = fit_to_data(cfg, data_spec(cfg.data))
+    labelled = cfg.network.num_classes > 0
+    cfg = fit_to_data(cfg, data_spec(cfg.data, labels=labelled))
     # before the run folder exists, so that weights that do not fit leave nothing behind
     initial = load_initial_weights(init, cfg, preset, runtime.is_main) if init else None
     run_dir, start_path = _on_main(runtime, lambda: choose_run_dir(Path(runs_dir), run_name, preset, resume, True))
@@ -98,8 +107,8 @@ def run_training(
 
         stored = read_info(start_path / "model.safetensors").config.to_dict()
         check_resumed_config(run_dir, stored, cfg.to_dict())
-    train_set = load_split(cfg.data, "train")
-    val_set = load_split(cfg.data, "val") if cfg.train.val_every <= cfg.train.steps else None
+    train_set = load_split(cfg.data, "train", labels=labelled)
+    val_set = load_split(cfg.data, "val", labels=labelled) if cfg.train.val_every <= cfg.train.steps else None
     return Trainer(cfg, run_dir, runtime, train_set, val_set, initial).run(start_path)
 
 
@@ -136,6 +145,9 @@ class Trainer:
             raise UserError(f"train.batch_size ({t.batch_size}) must be divisible by processes x accumulate "
                             f"({runtime.world_size} x {t.accumulate})")
         self.micro_batch = t.batch_size // per_step
+        example_bytes = 4 * math.prod(train_set.spec.shape) * (cfg.flow.n_classes if cfg.flow.kind == "discrete" else 1)
+        require_memory(4 * self.micro_batch * example_bytes, f"a micro-batch of {self.micro_batch} examples",
+                       "lower train.batch_size, or raise train.accumulate", runtime.device)
         self.order = DataOrder(len(train_set), t.batch_size, self.micro_batch, t.seed)
         self.faults = Faults(os.environ.get("BFN_FAULT", ""))
 
@@ -206,15 +218,29 @@ class Trainer:
         rank, world = self.runtime.rank, self.runtime.world_size
         slot = micro * world + rank
         data_gen = torch.Generator().manual_seed(mix(self.cfg.train.seed, "data", step, slot))
-        x = self.train_set.batch(self.order.indices(step, slot), data_gen).to(self.accelerator.device,
-                                                                                non_blocking=True)
+        index = self.order.indices(step, slot)
+        x = self.train_set.batch(index, data_gen).to(self.accelerator.device, non_blocking=True)
+        classes = self._classes(index, step, slot)
         flow_gen = torch.Generator(device=self.accelerator.device).manual_seed(mix(self.cfg.train.seed, "flow", step,
                                                                                    slot))
         torch.manual_seed(mix(self.cfg.train.seed, "dropout", step, slot))  # dropout inside the network
         self.faults.at_micro_step(step, micro)
         with self.accelerator.autocast():
-            loss = self.model(x, self.cfg.train.loss_steps, flow_gen)
+            loss = self.model(x, self.cfg.train.loss_steps, flow_gen, classes)
         return loss * float("nan") if step in self.faults.nan else loss
+
+    def _classes(self, index, step: int, slot: int) -> Optional[torch.Tensor]:
+        """The examples' classes, each replaced by "no class" with probability train.class_dropout, so
+        that one network learns the conditional and the unconditional model (classifier-free
+        guidance, Ho & Salimans 2022). None for an unconditional network (whose random streams stay
+        as they were)."""
+        k = self.cfg.network.num_classes
+        if not k:
+            return None
+        classes = self.train_set.labels_of(index)
+        generator = torch.Generator().manual_seed(mix(self.cfg.train.seed, "classes", step, slot))
+        dropped = torch.rand(classes.shape, generator=generator) < self.cfg.train.class_dropout
+        return torch.where(dropped, k, classes).to(self.accelerator.device, non_blocking=True)
 
     def _step(self, step: int) -> dict[str, Any]:
         """One optimizer step (with accumulation). Returns its metrics; skips non-finite steps."""
@@ -343,7 +369,7 @@ class Trainer:
             # that validations compare like with like; never a prefix of consecutive, overlapping ones.
             examples = _RandomSample(examples, t.max_val_batches * t.val_batch_size, mix(t.seed, "val-sample"))
         result = estimate(self.ema, examples, 0, t.val_repeats, t.val_batch_size, mix(t.seed, "val", step),
-                          self.runtime, progress=False)
+                          self.runtime, progress=False, classes="labels" if self.cfg.network.num_classes else None)
         loss = result["loss_mean"]
         best = state["best_val_loss"] is None or loss < state["best_val_loss"]
         if self.runtime.is_main:
@@ -375,6 +401,9 @@ class _RandomSample:
 
     def batch(self, index, generator=None):
         return self.examples.batch(self.indices[index], generator)
+
+    def labels_of(self, index):
+        return self.examples.labels_of(self.indices[index])
 
 
 class _nothing:

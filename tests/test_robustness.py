@@ -1,0 +1,353 @@
+"""What a hostile user tries: bad configs, damaged and malicious files, full disks, closed pipes,
+interrupts. Each case asserts the exit code, one line on stderr with no traceback, and that nothing
+was lost or half-written. (The kill -9 / bit-for-bit resume scenarios live in test_train.py.)
+
+Most cases run the command in this process (``call``): the same ``main()`` as the executable, without
+paying for a Python start per case. Cases about the process itself (pipes, signals) run it for real.
+"""
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_one_line_error, ckpt, run_bfn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from bfncli.checkpoint import CHECKSUM, tensors_checksum
+
+TINY = ["--set", "network.embedding_dim=16", "--set", "network.n_blocks=1", "--set", "network.norm_groups=4",
+        "--set", "network.output_adapter.input_height=17", "--set", "train.batch_size=8"]
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def call(capsys, monkeypatch, tmp_path):
+    """Run ``bfn ARGS`` in this process: (exit code, stdout, stderr) as a Result."""
+    from bfncli.cli import main
+
+    def run(*args, env=None, cwd=None):
+        for name in [k for k in os.environ if k.startswith("BFN_") and k != "BFN_CACHE_DIR"]:
+            monkeypatch.delenv(name)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(cwd or tmp_path)
+        capsys.readouterr()
+        old = signal.getsignal(signal.SIGINT)
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 0
+        finally:
+            signal.signal(signal.SIGINT, old)
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+def _rewrite(path: Path, tensors=None, **meta_changes):
+    """Save the checkpoint at ``path`` again with changed tensors and/or metadata (None deletes a key)."""
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    tensors = tensors if tensors is not None else load_file(str(path))
+    for key, value in meta_changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.fixture
+def checkpoint(runs, tmp_path):
+    """A copy of the tiny image model's checkpoint (free to damage)."""
+    path = tmp_path / "model.safetensors"
+    shutil.copy(ckpt(runs, "img"), path)
+    return path
+
+
+# --------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("args,env,needles", [
+    (["--set", "optim.lr=.inf"], {}, ["optim.lr", "finite"]),
+    (["--set", "train.batch_size=true"], {}, ["train.batch_size", "not true/false"]),
+    (["--set", f"train.batch_size={2**70}"], {}, ["train.batch_size", "64-bit"]),
+    (["--seed", str(2**70)], {}, ["train.seed"]),
+    (["--set", "train.mixed_precision=maybe"], {}, ["train.mixed_precision"]),
+    (["--preset", "cifar10-256c", "--set", "data.num_bins=16"], {}, ["output.num_bins (256) must equal data.num_bins (16)"]),
+    (["--preset", "cifar10-16c", "--set", "flow.min_variance=1e-6"], {}, ["output.recon_std", "sigma_1"]),
+    ([], {"BFN_TRAIN__BATCH_SIZE": "many"}, ["environment variable BFN_TRAIN__BATCH_SIZE"]),
+])
+def test_bad_configs_are_one_line_errors(call, args, env, needles):
+    assert_one_line_error(call("train", *args, "--dry-run", env=env), *needles)
+
+
+def test_yaml_booleans_stay_words_and_duplicate_keys_are_refused(call, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  mixed_precision: no\n  batch_size: 16\ndata:\n  download: no\n")
+    for args, env in ((["--config", config], {}), (["--set", "train.mixed_precision=no"], {}),
+                      ([], {"BFN_TRAIN__MIXED_PRECISION": "no"})):
+        result = call("train", *args, "--dry-run", env=env)
+        assert result.returncode == 0, result.stderr
+        assert "mixed_precision: 'no'" in result.stdout or "mixed_precision: no" in result.stdout
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("train:\n  batch_size: 16\noptim:\n  lr: 0.001\ntrain:\n  steps: 5\n")
+    assert_one_line_error(call("train", "--config", dup, "--dry-run"), "key 'train' appears twice", "line 5")
+
+
+def test_unknown_environment_variables_are_warned_about_and_ignored(call):
+    result = call("train", "--dry-run", env={"BFN_HOME": "/somewhere", "BFN_TRAIN__STEPS": "7"})
+    assert result.returncode == 0
+    assert "steps: 7" in result.stdout
+    assert result.stderr.count("ignoring environment variable BFN_HOME") == 1
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def test_flipped_bytes_in_the_weights_are_caught(call, checkpoint):
+    data = bytearray(checkpoint.read_bytes())
+    header = struct.unpack("<Q", data[:8])[0]
+    data[8 + header + (len(data) - 8 - header) // 2] ^= 0x40
+    checkpoint.write_bytes(bytes(data))
+    assert_one_line_error(call("eval", "--checkpoint", checkpoint, "--repeats", 1), "is damaged", "checksum")
+
+
+def test_integer_weights_and_non_finite_weights_are_refused(call, checkpoint):
+    tensors = load_file(str(checkpoint))
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
+    as_ints = dict(tensors, **{name: tensors[name].long()})
+    _rewrite(checkpoint, as_ints, **{CHECKSUM: tensors_checksum(as_ints)})
+    assert_one_line_error(call("eval", "--checkpoint", checkpoint, "--repeats", 1), name, "int64", "floating-point")
+    nan = dict(tensors, **{name: tensors[name].clone().fill_(float("nan"))})
+    _rewrite(checkpoint, nan, **{CHECKSUM: tensors_checksum(nan)})
+    assert_one_line_error(call("sample", "--checkpoint", checkpoint, "-o", checkpoint.with_name("s.safetensors")),
+                          "non-finite values")
+
+
+@pytest.mark.parametrize("meta,needle", [({"config": "[]"}, "corrupted config"), ({"step": "abc"}, "training step"),
+                                         ({"config": "{not json"}, "corrupted config")])
+def test_damaged_metadata_is_a_one_line_error(call, checkpoint, meta, needle):
+    _rewrite(checkpoint, **meta)
+    assert_one_line_error(call("eval", "--checkpoint", checkpoint, "--repeats", 1), needle)
+
+
+def test_checkpoints_from_before_checksums_still_load(call, checkpoint):
+    _rewrite(checkpoint, **{CHECKSUM: None})
+    result = call("eval", "--checkpoint", checkpoint, "--repeats", 1, "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
+
+
+def test_a_runs_release_file_is_checked_against_its_manifest(call, runs, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(runs / "img" / "img", run)
+    release = next(run.glob("checkpoints/step-*/model.safetensors"))
+    _rewrite(release, description="changed after the manifest was written")
+    assert_one_line_error(call("eval", "--checkpoint", release, "--repeats", 1), "is damaged", "checksum")
+
+
+@pytest.mark.parametrize("content,needle", [(b"", "is empty"), (b"hello, not a checkpoint\n", "not a PyTorch checkpoint")])
+def test_convert_of_an_empty_or_text_pt_file(call, tmp_path, content, needle):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(content)
+    assert_one_line_error(call("convert", bad, "--preset", "mnist", "-o", tmp_path / "out.safetensors"), needle)
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------- samples
+def test_sample_never_overwrites_without_force_and_never_the_checkpoint(call, checkpoint, tmp_path):
+    out = tmp_path / "s.safetensors"
+    out.write_bytes(b"precious")
+    assert_one_line_error(call("sample", "--checkpoint", checkpoint, "--steps", 2, "-o", out), "already exists", "--force")
+    assert out.read_bytes() == b"precious"
+    assert call("sample", "--checkpoint", checkpoint, "--steps", 2, "-o", out, "--force").returncode == 0
+    assert out.read_bytes()[:8] != b"precious"
+    before = checkpoint.read_bytes()
+    for extra in ([], ["--force"]):
+        assert_one_line_error(call("sample", "--checkpoint", checkpoint, "-o", checkpoint, *extra),
+                              "is the checkpoint being sampled from")
+    assert checkpoint.read_bytes() == before
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--sampler", "odd"], ["unknown sampler 'odd'", "did you mean 'ode'"]),
+    (["--steps", "0"], ["--steps must be >= 1"]),
+    (["--sampler", "ode", "--steps", "1"], ["too few", "at least 2"]),
+    (["--eta", "1.5"], ["sample.eta"]),
+    (["--sampler", "paper", "--eta", "0.01"], ["--eta", "paper"]),
+    (["--seed", "-3"], ["sample.seed"]),
+    (["--guidance", "2"], ["--guidance", "no classes"]),
+    (["--class", "3"], ["--class needs a class-conditional model"]),
+    (["--shape", "400000000,8,8,1"], ["needs at least", "GiB"]),
+])
+def test_bad_sampling_options(call, checkpoint, tmp_path, args, needles):
+    out = tmp_path / "never.safetensors"
+    assert_one_line_error(call("sample", "--checkpoint", checkpoint, *args, "-o", out), *needles)
+    assert not out.exists()
+
+
+def test_samples_to_a_full_or_closed_stdout(runs, tmp_path):
+    img = ckpt(runs, "img")
+    full = subprocess.run(f"{sys.executable} -m bfncli sample --checkpoint {img} --steps 2 > /dev/full", shell=True,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert_one_line_error(full, "cannot write the samples to standard output", "No space left", code=1)
+    closed = subprocess.run(f"{sys.executable} -m bfncli sample --checkpoint {img} --steps 2 >&-", shell=True,
+                            capture_output=True, text=True)
+    assert_one_line_error(closed, "standard output is closed", "-o FILE")
+
+
+def test_render_into_a_read_only_folder(call, runs, tmp_path):
+    samples = tmp_path / "s.safetensors"
+    assert call("sample", "--checkpoint", ckpt(runs, "txt"), "--steps", 2, "-o", samples).returncode == 0
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        # root may write anywhere but in /sys, which no one may create files in
+        folder = locked if not os.access(locked, os.W_OK) else Path("/sys")
+        assert_one_line_error(call("render", samples, "-o", folder / "out.txt"), "cannot write", code=1)
+    finally:
+        locked.chmod(0o700)
+
+
+# ------------------------------------------------------------------------------------ data
+def test_data_files_that_are_not_real_numbers(call, tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "words.npy", np.array([["a", "b"], ["c", "d"]]))
+    np.save(tmp_path / "complex.npy", np.zeros((3, 8, 8, 1), dtype=np.complex64))
+    assert_one_line_error(call("train", "--data", tmp_path / "words.npy", "--max-steps", 1), "<U1", "not real numbers")
+    assert_one_line_error(call("train", "--data", tmp_path / "complex.npy", "--max-steps", 1), "complex64")
+
+
+# ------------------------------------------------------------------------------------ eval
+def test_eval_cache_follows_the_data_content_and_survives_damage(call, checkpoint, tmp_path):
+    data = tmp_path / "d.safetensors"
+    save_file({"data": torch.full((6, 8, 8, 1), -0.9375)}, str(data))
+    first = call("eval", "--checkpoint", checkpoint, "--data", data, "--repeats", 2, "--json")
+    assert first.returncode == 0, first.stderr
+    save_file({"data": torch.full((6, 8, 8, 1), 0.9375)}, str(data))  # same name and shape, other pixels
+    second = call("eval", "--checkpoint", checkpoint, "--data", data, "--repeats", 2, "--json")
+    assert "resuming" not in second.stderr
+    assert json.loads(second.stdout)["total_mean"] != json.loads(first.stdout)["total_mean"]
+    for state in (Path(os.environ["BFN_CACHE_DIR"]) / "eval").glob("*.json"):
+        state.write_text('["not", "a", "mapping"]')
+    again = call("eval", "--checkpoint", checkpoint, "--data", data, "--repeats", 2, "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["total_mean"] == json.loads(second.stdout)["total_mean"]
+
+
+def test_eval_at_a_hundred_thousand_steps_is_not_negative(call, checkpoint):
+    result = call("eval", "--checkpoint", checkpoint, "--steps", 100000, "--repeats", 2, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["loss_mean"] > 0
+
+
+# -------------------------------------------------------------------------------- training
+def _train(call, work, *extra, env=None):
+    data = work / "tiny.safetensors"
+    if not data.exists():
+        g = torch.Generator().manual_seed(0)
+        save_file({"data": (torch.randint(0, 16, (24, 8, 8, 1), generator=g).float() * 2 + 1) / 16 - 1}, str(data))
+    return call("train", *TINY, "--data", data, "--runs-dir", work / "runs", *extra, env=env, cwd=work)
+
+
+@pytest.mark.parametrize("content,needle", [("", "empty"), ("train: [unclosed", "not valid YAML"), ("- a\n- b\n", "list")])
+def test_a_damaged_run_config_is_a_one_line_error_on_resume(call, tmp_path, content, needle):
+    assert _train(call, tmp_path, "--run-name", "r", "--max-steps", 2).returncode == 0
+    (tmp_path / "runs" / "r" / "config.yaml").write_text(content)
+    result = _train(call, tmp_path, "--run-name", "r", "--resume", "auto", "--max-steps", 3)
+    assert_one_line_error(result, "config.yaml", needle, "delete it")
+
+
+def test_damaged_metrics_lines_are_skipped_on_resume_and_in_render(call, tmp_path):
+    assert _train(call, tmp_path, "--run-name", "r", "--max-steps", 2).returncode == 0
+    metrics = tmp_path / "runs" / "r" / "metrics.jsonl"
+    with open(metrics, "ab") as f:
+        f.write(b"[1, 2]\n\xff\xfe not utf-8\n\"a string\"\n")
+    assert _train(call, tmp_path, "--run-name", "r", "--resume", "auto", "--max-steps", 3).returncode == 0
+    result = call("render", tmp_path / "runs" / "r")
+    assert result.returncode == 0, result.stderr
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3]
+
+
+def test_restarts_before_the_first_checkpoint_leave_no_duplicate_rows_and_no_locked_name(call, tmp_path):
+    _train(call, tmp_path, "--run-name", "warm-up", "--max-steps", 1)  # writes the data file
+    base = [*TINY, "--data", tmp_path / "tiny.safetensors", "--runs-dir", tmp_path / "runs", "--max-steps", 6,
+            "--checkpoint-every", 4]
+    args = [*base, "--run-name", "r"]
+    for resume in ([], ["--resume", "auto"], ["--resume", "auto"]):  # killed each time before its first checkpoint
+        killed = run_bfn("train", *args, *resume, env={"BFN_FAULT": "kill:3:0"}, cwd=tmp_path)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (tmp_path / "runs" / "r" / ".best.safetensors.partial-999999").write_bytes(b"left by a killed writer")
+    finished = _train(call, tmp_path, "--run-name", "r", "--max-steps", 6, "--checkpoint-every", 4, "--resume", "auto")
+    assert finished.returncode == 0, finished.stderr
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert not list((tmp_path / "runs" / "r").glob(".*partial*"))
+    # A run that stopped before its first checkpoint does not keep its name from a new run.
+    killed = run_bfn("train", *base, "--run-name", "s", env={"BFN_FAULT": "kill:2:0"}, cwd=tmp_path)
+    assert killed.returncode == -signal.SIGKILL
+    again = _train(call, tmp_path, "--run-name", "s", "--max-steps", 2, "--set", "optim.lr=3e-3")
+    assert again.returncode == 0, again.stderr
+    assert "stopped before its first checkpoint: starting it afresh" in again.stderr
+
+
+def test_a_full_disk_while_logging_is_one_line(call, tmp_path):
+    assert _train(call, tmp_path, "--run-name", "r", "--max-steps", 2).returncode == 0
+    metrics = tmp_path / "runs" / "r" / "metrics.jsonl"
+    metrics.unlink()
+    metrics.symlink_to("/dev/full")
+    result = _train(call, tmp_path, "--run-name", "r", "--resume", "auto", "--max-steps", 4)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()  # "resuming r from step 2", then the error
+    assert len(lines) == 2 and "cannot append" in lines[1] and "No space left on device" in lines[1], lines
+    assert next((tmp_path / "runs" / "r" / "checkpoints").glob("step-00000002"))  # the last checkpoint is intact
+
+
+def test_a_bad_fault_injection_value(call, tmp_path):
+    assert_one_line_error(_train(call, tmp_path, "--run-name", "r", "--max-steps", 2, env={"BFN_FAULT": "kill:x"}),
+                          "BFN_FAULT", "kill:STEP")
+
+
+# ------------------------------------------------------------------------------ interrupts
+def _interrupt(args, ready, timeout=120):
+    """Start bfn, wait until ``ready()``, send SIGINT; return (code, stderr)."""
+    process = subprocess.Popen([sys.executable, "-m", "bfncli", *map(str, args)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    return process.returncode if process.poll() is not None else process.wait(timeout), process.communicate()[1]
+
+
+def test_ctrl_c_in_eval_and_sample_says_so(runs, tmp_path):
+    img = ckpt(runs, "img")
+    progress = Path(os.environ["BFN_CACHE_DIR"]) / "eval"
+    data = tmp_path / "d.safetensors"
+    save_file({"data": torch.zeros(4, 8, 8, 1)}, str(data))
+    code, err = _interrupt(["eval", "--checkpoint", img, "--data", data, "--repeats", 10**7],
+                           lambda: any(progress.glob("*.json")))  # once the first repeat is kept
+    assert code == 130 and "Traceback" not in err, err
+    assert err.strip().startswith("bfn eval: interrupted; the") and err.strip().endswith("finished repeats are kept: "
+                                                                                         "run the same command again to continue")
+    started = time.time()
+    code, err = _interrupt(["sample", "--checkpoint", img, "--sampler", "paper", "--steps", 1000000,
+                            "-o", tmp_path / "s.safetensors"], lambda: time.time() > started + 4)
+    assert code == 130 and err.strip() == "bfn sample: interrupted", err
+    assert not (tmp_path / "s.safetensors").exists()
