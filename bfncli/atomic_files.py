@@ -113,3 +113,7 @@ def save_tensors(tensors: dict, path: Path, metadata: Optional[dict[str, str]] =
 
     with write_errors_as_oserror():
         save_file(tensors, str(path), metadata=metadata)
+    # safetensors creates its files private (0600); give them the permissions any new file gets
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

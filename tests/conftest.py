@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -37,6 +38,38 @@ def assert_one_line_error(result, *needles, code=2):
 def _isolated_cache(tmp_path, monkeypatch):
     """Keep resumable-evaluation state out of the user's cache."""
     monkeypatch.setenv("BFN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+# ------------------------------------------------------------- bfn in this process
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def call(capsys, monkeypatch, tmp_path):
+    """Run ``bfn ARGS`` in this process: (exit code, stdout, stderr) as a Result."""
+    from bfncli.cli import main
+
+    def run(*args, env=None, cwd=None):
+        for name in [k for k in os.environ if k.startswith("BFN_") and k != "BFN_CACHE_DIR"]:
+            monkeypatch.delenv(name)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.chdir(cwd or tmp_path)
+        capsys.readouterr()
+        old = signal.getsignal(signal.SIGINT)
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 0
+        finally:
+            signal.signal(signal.SIGINT, old)
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
 
 
 # ------------------------------------------------------------------- tiny trained runs

@@ -28,37 +28,6 @@ TINY = ["--set", "network.embedding_dim=16", "--set", "network.n_blocks=1", "--s
         "--set", "network.output_adapter.input_height=17", "--set", "train.batch_size=8"]
 
 
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def call(capsys, monkeypatch, tmp_path):
-    """Run ``bfn ARGS`` in this process: (exit code, stdout, stderr) as a Result."""
-    from bfncli.cli import main
-
-    def run(*args, env=None, cwd=None):
-        for name in [k for k in os.environ if k.startswith("BFN_") and k != "BFN_CACHE_DIR"]:
-            monkeypatch.delenv(name)
-        for name, value in (env or {}).items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.chdir(cwd or tmp_path)
-        capsys.readouterr()
-        old = signal.getsignal(signal.SIGINT)
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else 0
-        finally:
-            signal.signal(signal.SIGINT, old)
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return run
-
-
 def _rewrite(path: Path, tensors=None, **meta_changes):
     """Save the checkpoint at ``path`` again with changed tensors and/or metadata (None deletes a key)."""
     with safe_open(str(path), "pt") as f:

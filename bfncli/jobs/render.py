@@ -165,7 +165,8 @@ def _save_class_rows(images: Tensor, classes: Tensor, names: list[str], output: 
                         for r in rows])
     row_height = canvas.shape[0] / len(rows)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * width + 1.5), max(1.5, 0.6 * len(rows) + 0.4)))
-    ax.imshow(canvas[..., 0] if canvas.shape[-1] == 1 else canvas, cmap="gray", vmin=0, vmax=1,
+    picture = canvas.numpy()
+    ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=1,
               interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([row_height * (i + 0.5) for i in range(len(rows))])

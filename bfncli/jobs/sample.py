@@ -106,7 +106,7 @@ def run_sample(
             raise UserError("--image/--mask are for image models; use --prompt or --template for text")
         condition = image_condition(image, mask, model, kind)
     labels = class_labels(classes, count, cfg, kind)
-    if s.guidance != 1.0 and labels is None:
+    if s.guidance != 1.0 and (labels is None or bool((labels == cfg.network.num_classes).all())):
         raise UserError("--guidance mixes a class-conditional model's conditional and unconditional predictions; "
                         "this model has no classes" if cfg.network.num_classes == 0 else
                         "--guidance needs classes: drop --class none")
