@@ -72,6 +72,10 @@ def main(argv=None):
             steps = steps if steps is not None else method.steps_for(n)
             if steps < method.min_steps:
                 continue
+            same = next((r for r in results if r["chosen"] == method.name and r["nfe"] == method.evaluations(steps)), None)
+            if same is not None:  # auto picked a sampler already measured at this budget: same samples
+                results.append({**same, "sampler": name})
+                continue
             start = time.perf_counter()
             samples = draw_samples(model, args.samples, method, steps, args.seed, args.batch_size, "cpu",
                                    eta=args.eta if method.takes_eta else None)

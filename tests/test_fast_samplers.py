@@ -42,7 +42,8 @@ def test_the_gaussian_form_is_the_flow(preset):
             assert form.s(t) ** 2 == pytest.approx(gamma * (1 - gamma), rel=1e-9)
         assert form.lam(t) == pytest.approx(math.log(form.a(t) / form.s(t)))
         assert form.t_of_lam(form.lam(t)) == pytest.approx(t, rel=1e-9)
-    for kind in ("lambda", "time", "quadratic"):
+        assert form.t_of_a(form.a(t)) == pytest.approx(t, rel=1e-9)
+    for kind in ("lambda", "time", "early", "accuracy"):
         grid = form.grid(1e-3, 7, kind)
         assert grid[0] == 1e-3 and grid[-1] == 1.0 and all(a < b for a, b in zip(grid, grid[1:]))
     lams = [form.lam(t) for t in form.grid(1e-3, 6, "lambda")]

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 # Which sampler `auto` uses for N network evaluations, from benchmarks/samplers.py (see the README's
 # table): the first entry whose bound N does not exceed.
-AUTO = {"continuous": ((1000, "ode"),), "discrete": ((1000, "ode"),)}
+AUTO = {"continuous": ((10**9, "sde"),), "discrete": ((10**9, "sde"),)}
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from bfncli.flows import DiscreteFlow
 
-Grid = Literal["lambda", "time", "quadratic"]
+Grid = Literal["lambda", "time", "early", "accuracy"]
 
 
 @dataclass(frozen=True)
@@ -71,21 +71,30 @@ class GaussianForm:
         return -math.log1p(math.exp(2 * lam)) / math.log(self.flow.min_variance)
 
     def grid(self, eta: float, points: int, kind: Grid = "lambda") -> list[float]:
-        """``points`` times from eta to 1: uniform in lambda (the solvers' natural clock: equal
-        steps in log signal-to-noise), uniform in t (the paper's), or uniform in sqrt(t) mapped to
-        t^2 (denser late, where the discrete flow's accuracy beta_1 t^2 grows fastest)."""
+        """``points`` times from eta to 1, equally spaced in: lambda (the solvers' natural clock: equal
+        steps in log signal-to-noise), t (the paper's sampler), sqrt(t) (denser early), or the
+        accuracy a(t) (beta_1 t^2 or gamma(t): equal amounts of information, denser late)."""
         if points == 1:
             return [1.0]
         u = [i / (points - 1) for i in range(points)]
         if kind == "time":
             out = [eta + (1 - eta) * x for x in u]
-        elif kind == "quadratic":
+        elif kind == "early":
             out = [(math.sqrt(eta) + (1 - math.sqrt(eta)) * x) ** 2 for x in u]
+        elif kind == "accuracy":
+            lo, hi = self.a(eta), self.a(1.0)
+            out = [self.t_of_a(lo + (hi - lo) * x) for x in u]
         else:
             lo, hi = self.lam(eta), self.lam(1.0)
             out = [self.t_of_lam(lo + (hi - lo) * x) for x in u]
         out[0], out[-1] = eta, 1.0
         return out
+
+    def t_of_a(self, a: float) -> float:
+        """The inverse of a(t)."""
+        if self.discrete:
+            return math.sqrt(a / self.flow.beta_1)
+        return math.log1p(-a) / math.log(self.flow.min_variance)
 
     # ------------------------------------------------------------------------- the state
     def network_input(self, z: Tensor) -> Tensor:
