@@ -55,7 +55,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eta", type=float, default=None)
     parser.add_argument("--plot", type=Path, default=None, help="PNG to draw quality against NFE into")
-    parser.add_argument("--json", type=Path, default=None, help="write every result here")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="write every result here; results already in it (same checkpoint, samples and seed) "
+                             "are kept and not measured again, so a long benchmark can be run in parts")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -65,9 +67,11 @@ def main(argv=None):
     label = "spelling accuracy" if text else "FD (classifier features)"
     nfes = [int(n) for n in args.nfe.split(",")]
     names = args.samplers.split(",")
-    results = []
+    results = earlier_results(args)
     for name in names:
         for n in nfes:
+            if any(r["sampler"] == name and r["nfe"] == n for r in results):
+                continue
             method, steps = choose(name, n, model.discrete) if name == "auto" else (SAMPLERS[name], None)
             steps = steps if steps is not None else method.steps_for(n)
             if steps < method.min_steps:
@@ -86,13 +90,27 @@ def main(argv=None):
             extra = f"  MMD2 {row['mmd2']:.5f} +- {row['mmd2_noise']:.5f}" if "mmd2" in row else ""
             print(f"{name:>6} ({method.name}) NFE {row['nfe']:>5}: {label} {row['value']:.4f} +- {row['noise']:.4f}"
                   f"{extra}  [{seconds:.1f} s]", file=sys.stderr, flush=True)
+            if args.json:
+                args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "samples": args.samples,
+                                                 "seed": args.seed, "measure": label, "results": results}, indent=1))
 
+    names = list(dict.fromkeys([*names, *(r["sampler"] for r in results)]))
+    nfes = sorted({*nfes, *(r["nfe"] for r in results)})
     print(table(results, names, nfes, label))
-    if args.json:
-        args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "samples": args.samples,
-                                         "seed": args.seed, "measure": label, "results": results}, indent=1))
     if args.plot:
         plot(results, names, label, args.plot, f"{cfg.data.dataset}: {args.samples} samples per point")
+
+
+def earlier_results(args) -> list:
+    if args.json is None or not args.json.exists():
+        return []
+    earlier = json.loads(args.json.read_text())
+    same = (earlier.get("checkpoint"), earlier.get("samples"), earlier.get("seed")) == (
+        str(args.checkpoint), args.samples, args.seed)
+    if not same:
+        sys.exit(f"{args.json} holds results for another checkpoint, sample count or seed; name another --json file")
+    print(f"kept {len(earlier['results'])} results from {args.json}", file=sys.stderr)
+    return earlier["results"]
 
 
 def table(results, names, nfes, label):

@@ -282,8 +282,11 @@ SAMPLER_HELP = _sampler_help()
 
   bfn sample --trajectory -o flow.safetensors && bfn render flow.safetensors -o flow.gif
 
-  [dim]# 10 network evaluations with the fast ODE solver, instead of the paper's 100 or 1000 steps[/dim]
-  bfn sample --sampler ode --steps 10 | bfn render
+  [dim]# 10 network evaluations (auto: the fast SDE solver) instead of the paper's 100 or 1000 updates[/dim]
+  bfn sample --steps 10 | bfn render
+
+  [dim]# a named sampler: the deterministic probability-flow ODE solver[/dim]
+  bfn sample --sampler ode --steps 20 | bfn render
 
   [dim]# a class-conditional model: sevens, sharpened by classifier-free guidance[/dim]
   bfn sample --checkpoint cond.safetensors --class 7 --guidance 2 | bfn render

@@ -1,6 +1,7 @@
 """Shared test helpers: the conformance fixtures and running the real `bfn` executable."""
 
 import gzip
+import io
 import os
 import signal
 import struct
@@ -49,14 +50,19 @@ class Result:
 @pytest.fixture
 def call(capsys, monkeypatch, tmp_path):
     """Run ``bfn ARGS`` in this process: (exit code, stdout, stderr) as a Result."""
+    from bfncli import config
     from bfncli.cli import main
 
-    def run(*args, env=None, cwd=None):
+    def run(*args, env=None, cwd=None, stdin=None):
+        config._WARNED.clear()  # each call is a fresh `bfn` process: its warnings said once again
         for name in [k for k in os.environ if k.startswith("BFN_") and k != "BFN_CACHE_DIR"]:
             monkeypatch.delenv(name)
         for name, value in (env or {}).items():
             monkeypatch.setenv(name, value)
         monkeypatch.chdir(cwd or tmp_path)
+        if stdin is not None:
+            data = stdin.encode() if isinstance(stdin, str) else stdin
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
         capsys.readouterr()
         old = signal.getsignal(signal.SIGINT)
         try:

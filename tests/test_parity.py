@@ -44,11 +44,11 @@ def test_converted_checkpoint_reproduces_the_official_network_outputs(converted,
 
 
 @pytest.mark.parametrize("name", FIXTURES)
-def test_eval_agrees_with_the_official_statistics(converted, name, tmp_path):
+def test_eval_agrees_with_the_official_statistics(converted, name, tmp_path, call):
     expected = json.loads((CONFORMANCE / name / "expected.json").read_text())
     data = CONFORMANCE / name / "tensors.safetensors"
     for row in expected["eval"]:
-        result = run_bfn("eval", "--checkpoint", converted[name], "--data", data, "--steps", row["n_steps"],
+        result = call("eval", "--checkpoint", converted[name], "--data", data, "--steps", row["n_steps"],
                          "--repeats", row["repeats"], "--batch-size", expected["n_data"], "--seed", 7, "--json")
         assert result.returncode == 0, result.stderr
         ours = json.loads(result.stdout)
@@ -59,10 +59,10 @@ def test_eval_agrees_with_the_official_statistics(converted, name, tmp_path):
             assert diff <= allowed, (name, row["n_steps"], key, ours[f"{key}_mean"], row[f"{key}_mean"], allowed)
 
 
-def test_round_trip_is_bit_for_bit(converted, tmp_path):
+def test_round_trip_is_bit_for_bit(converted, tmp_path, call):
     for name in FIXTURES:
         back = tmp_path / f"{name}.pt"
-        result = run_bfn("convert", converted[name], "-o", back)
+        result = call("convert", converted[name], "-o", back)
         assert result.returncode == 0, result.stderr
         original = torch.load(CONFORMANCE / name / "official_ema.pt", weights_only=True)
         again = torch.load(back, weights_only=True)
@@ -112,14 +112,14 @@ def _few_examples(preset: str, path):
 
 
 @pytest.mark.parametrize("manifest_name", list(RELEASED))
-def test_released_layouts_convert_with_their_preset_and_evaluate(manifest_name, tmp_path):
+def test_released_layouts_convert_with_their_preset_and_evaluate(manifest_name, tmp_path, call):
     manifests = json.loads((CONFORMANCE / "manifests.json").read_text())
     preset, filename = RELEASED[manifest_name]
     official = tmp_path / filename
     torch.save({k: v for k, v in _random_official_state(manifests[manifest_name]).items()}, official)
     target = tmp_path / "model.safetensors"
     # No --preset: bfn recognises the preset from the tensors (and the released file name).
-    result = run_bfn("convert", official, "-o", target)
+    result = call("convert", official, "-o", target)
     assert result.returncode == 0, result.stderr
     assert f"preset '{preset}'" in result.stderr
     info = read_info(target)
@@ -127,25 +127,25 @@ def test_released_layouts_convert_with_their_preset_and_evaluate(manifest_name, 
     model, _ = load_model(target)
     assert sum(p.numel() for p in model.parameters()) == manifests[manifest_name]["n_params"]  # buffers excluded
     data = _few_examples(preset, tmp_path / "data.safetensors")
-    result = run_bfn("eval", "--checkpoint", target, "--data", data, "--repeats", 1, "--json")
+    result = call("eval", "--checkpoint", target, "--data", data, "--repeats", 1, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert math.isfinite(report["total_mean"]) and report["n_examples"] == 2
 
 
-def test_interrupted_evaluation_resumes_without_losing_repeats(converted, tmp_path):
+def test_interrupted_evaluation_resumes_without_losing_repeats(converted, tmp_path, call):
     data = CONFORMANCE / "mnist" / "tensors.safetensors"
     args = ("eval", "--checkpoint", converted["mnist"], "--data", data, "--steps", 10, "--seed", 3, "--json")
     env = {"BFN_CACHE_DIR": str(tmp_path / "cache")}
-    first = run_bfn(*args, "--repeats", 3, env=env)
+    first = call(*args, "--repeats", 3, env=env)
     assert first.returncode == 0, first.stderr
-    more = run_bfn(*args, "--repeats", 6, env=env)
+    more = call(*args, "--repeats", 6, env=env)
     assert more.returncode == 0 and "resuming: 3 of 6 repeats already done" in more.stderr
-    fresh = run_bfn(*args, "--repeats", 6, env={"BFN_CACHE_DIR": str(tmp_path / "other")})
+    fresh = call(*args, "--repeats", 6, env={"BFN_CACHE_DIR": str(tmp_path / "other")})
     assert json.loads(more.stdout)["loss_mean"] == json.loads(fresh.stdout)["loss_mean"]  # repeat r is seeded by r
 
 
-def test_two_processes_split_the_repeats_and_agree_with_one(converted, tmp_path):
+def test_two_processes_split_the_repeats_and_agree_with_one(converted, tmp_path, call):
     import os
     import subprocess
     import sys
@@ -157,7 +157,7 @@ def test_two_processes_split_the_repeats_and_agree_with_one(converted, tmp_path)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
                           "-m", "bfncli", *args], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[:2000]  # the first lines say why
-    one = run_bfn(*args, env={"BFN_CACHE_DIR": str(tmp_path / "one")})
+    one = call(*args, env={"BFN_CACHE_DIR": str(tmp_path / "one")})
     lines = [line for line in two.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1  # only the main process reports
     ours, single = json.loads(lines[0]), json.loads(one.stdout)

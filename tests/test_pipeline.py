@@ -43,9 +43,30 @@ def test_sample_render_text(runs, tmp_path):
     assert len(lines) == 3 and all(len(line) == 64 and set(line) <= set("_abcdefghijklmnopqrstuvwxyz") for line in lines)
 
 
-def test_samples_file_says_what_it_holds(runs, tmp_path):
+def test_every_sampler_works_through_the_render_pipe(runs, tmp_path):
+    # auto (the default) goes through the pipe above; here each named sampler, on all three kinds of data.
+    from bfncli.samplers import SAMPLERS
+
+    models = ["img", "mnist", "txt"]
+    pipes = []
+    for i, name in enumerate(SAMPLERS):
+        model = models[i % 3]
+        shape = {"img": "2,8,8,1", "mnist": "2,28,28,1", "txt": "2,64"}[model]
+        render = f"{BFN} render" + ("" if model == "txt" else f" -o {name}.png")
+        pipes.append(f"{BFN} sample --checkpoint {ckpt(runs, model)} --sampler {name} --steps 4 --shape {shape} | {render}")
+    result = shell(" && ".join(pipes), tmp_path)
+    assert result.returncode == 0, result.stderr
+    for i, name in enumerate(SAMPLERS):
+        if models[i % 3] != "txt":
+            assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    texts = [line for line in result.stdout.splitlines() if line]
+    assert len(texts) == 2 * sum(models[i % 3] == "txt" for i in range(len(SAMPLERS)))
+    assert all(len(line) == 64 and set(line) <= set("_abcdefghijklmnopqrstuvwxyz") for line in texts)
+
+
+def test_samples_file_says_what_it_holds(runs, tmp_path, call):
     out = tmp_path / "s.safetensors"
-    assert run_bfn("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "2,8,8,1", "--steps", 3, "-o", out).returncode == 0
+    assert call("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "2,8,8,1", "--steps", 3, "-o", out).returncode == 0
     from safetensors import safe_open
 
     with safe_open(str(out), "pt") as f:
@@ -56,17 +77,17 @@ def test_samples_file_says_what_it_holds(runs, tmp_path):
     assert set(samples.unique().tolist()) <= set(((torch.arange(16) * 2 + 1) / 16 - 1).tolist())
 
 
-def test_terminal_preview(runs, tmp_path):
+def test_terminal_preview(runs, tmp_path, call):
     out = tmp_path / "s.safetensors"
-    assert run_bfn("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "2,8,8,1", "--steps", 2, "-o", out).returncode == 0
-    result = run_bfn("render", out, "--preview", "-o", tmp_path / "g.png", cwd=tmp_path)
+    assert call("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "2,8,8,1", "--steps", 2, "-o", out).returncode == 0
+    result = call("render", out, "--preview", "-o", tmp_path / "g.png", cwd=tmp_path)
     assert result.returncode == 0 and "\x1b[38;2;" in result.stdout and "▀" in result.stdout
 
 
-def test_same_seed_same_samples_also_in_chunks(runs, tmp_path):
+def test_same_seed_same_samples_also_in_chunks(runs, tmp_path, call):
     def draw(name, *extra):
         out = tmp_path / name
-        result = run_bfn("sample", "--checkpoint", ckpt(runs, "txt"), "--shape", "5,64", "--steps", 4, "--seed", 11,
+        result = call("sample", "--checkpoint", ckpt(runs, "txt"), "--shape", "5,64", "--steps", 4, "--seed", 11,
                          "-o", out, *extra)
         assert result.returncode == 0, result.stderr
         return load_file(str(out))["samples"]
@@ -77,11 +98,11 @@ def test_same_seed_same_samples_also_in_chunks(runs, tmp_path):
     assert not torch.equal(whole, draw("d.safetensors", "--seed", 12))
 
 
-def test_trajectory_renders_as_an_animation(runs, tmp_path):
+def test_trajectory_renders_as_an_animation(runs, tmp_path, call):
     # The paper's sampler: 6 updates, 7 evaluations; the ODE solver: 7 evaluations.
     for name, sampler, steps in (("img", "paper", 6), ("txt", "ode", 7)):
         traj = tmp_path / f"{name}.safetensors"
-        result = run_bfn("sample", "--checkpoint", ckpt(runs, name), "--shape", "2," + ("8,8,1" if name == "img" else "64"),
+        result = call("sample", "--checkpoint", ckpt(runs, name), "--shape", "2," + ("8,8,1" if name == "img" else "64"),
                          "--sampler", sampler, "--steps", steps, "--trajectory", "--frames", 4, "-o", traj)
         assert result.returncode == 0, result.stderr
         tensors = load_file(str(traj))
@@ -91,14 +112,14 @@ def test_trajectory_renders_as_an_animation(runs, tmp_path):
         assert times[0] == (0.0 if sampler == "paper" else 1e-3)
         assert tensors["flow_input"].shape[:2] == (4, 2)
         gif = tmp_path / f"{name}.gif"
-        result = run_bfn("render", traj, "-o", gif)
+        result = call("render", traj, "-o", gif)
         assert result.returncode == 0, result.stderr
         from PIL import Image
 
         with Image.open(gif) as im:
             assert im.format == "GIF" and im.n_frames == 4
         strip = tmp_path / f"{name}-strip.png"
-        assert run_bfn("render", traj, "-o", strip).returncode == 0 and strip.stat().st_size > 0
+        assert call("render", traj, "-o", strip).returncode == 0 and strip.stat().st_size > 0
 
 
 def test_prompt_is_kept_exactly(runs, tmp_path):
@@ -112,11 +133,11 @@ def test_prompt_is_kept_exactly(runs, tmp_path):
     assert line[:4] == "the_" and line[7:11] == "_sat"
 
 
-def test_inpainting_keeps_the_known_pixels(runs, tmp_path):
+def test_inpainting_keeps_the_known_pixels(runs, tmp_path, call):
     known = tmp_path / "known.safetensors"
-    assert run_bfn("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "1,8,8,1", "--steps", 3, "-o", known).returncode == 0
+    assert call("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "1,8,8,1", "--steps", 3, "-o", known).returncode == 0
     out = tmp_path / "filled.safetensors"
-    result = run_bfn("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "3,8,8,1", "--steps", 3, "--seed", 5,
+    result = call("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "3,8,8,1", "--steps", 3, "--seed", 5,
                      "--image", known, "--mask", "2,2,4,4", "-o", out)
     assert result.returncode == 0, result.stderr
     original, filled = load_file(str(known))["samples"][0], load_file(str(out))["samples"]
@@ -147,38 +168,38 @@ def test_binary_samples_are_not_written_to_a_terminal(runs, tmp_path):
         os.close(main)
     assert result.returncode == 2 and "pipe them (bfn sample | bfn render) or pass -o FILE" in result.stderr
 
-def test_bad_sample_input(runs, tmp_path):
+def test_bad_sample_input(runs, tmp_path, call):
     img, txt = ckpt(runs, "img"), ckpt(runs, "txt")
-    assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--steps", 2, "-o", tmp_path / "no" / "x.safetensors"),
+    assert_one_line_error(call("sample", "--checkpoint", img, "--steps", 2, "-o", tmp_path / "no" / "x.safetensors"),
                           "the output folder", "does not exist")
-    assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--shape", "4,28,28,1", "-o", tmp_path / "x.safetensors"),
+    assert_one_line_error(call("sample", "--checkpoint", img, "--shape", "4,28,28,1", "-o", tmp_path / "x.safetensors"),
                           "cannot be produced", "--shape N,8,8,1")
-    assert_one_line_error(run_bfn("sample", "--checkpoint", txt, "--prompt", "Hello!", "-o", tmp_path / "x.safetensors"),
+    assert_one_line_error(call("sample", "--checkpoint", txt, "--prompt", "Hello!", "-o", tmp_path / "x.safetensors"),
                           "outside the model's alphabet")
-    assert_one_line_error(run_bfn("sample", "--checkpoint", txt, "--prompt", "a" * 65, "-o", tmp_path / "x.safetensors"),
+    assert_one_line_error(call("sample", "--checkpoint", txt, "--prompt", "a" * 65, "-o", tmp_path / "x.safetensors"),
                           "has 65 characters but the model's sequences have 64")
-    assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--image", img, "--mask", "0,0,2,2",
+    assert_one_line_error(call("sample", "--checkpoint", img, "--image", img, "--mask", "0,0,2,2",
                                   "-o", tmp_path / "x.safetensors"), "is a bfn checkpoint, not samples")
     known = tmp_path / "known.safetensors"
-    assert run_bfn("sample", "--checkpoint", img, "--shape", "1,8,8,1", "--steps", 2, "-o", known).returncode == 0
-    assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--image", known, "--mask", "0,0,9,9",
+    assert call("sample", "--checkpoint", img, "--shape", "1,8,8,1", "--steps", 2, "-o", known).returncode == 0
+    assert_one_line_error(call("sample", "--checkpoint", img, "--image", known, "--mask", "0,0,9,9",
                                   "-o", tmp_path / "x.safetensors"), "--mask box 0,0,9,9 does not fit a 8x8 image")
-    assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--image", known, "-o", tmp_path / "x.safetensors"),
+    assert_one_line_error(call("sample", "--checkpoint", img, "--image", known, "-o", tmp_path / "x.safetensors"),
                           "needs both --image")
-    assert_one_line_error(run_bfn("sample", "--checkpoint", img, "--prompt", "hi", "-o", tmp_path / "x.safetensors"),
+    assert_one_line_error(call("sample", "--checkpoint", img, "--prompt", "hi", "-o", tmp_path / "x.safetensors"),
                           "for text models")
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_bad_render_input(runs, tmp_path):
-    assert_one_line_error(run_bfn("render", stdin=""), "standard input is empty")
-    assert_one_line_error(run_bfn("render", stdin="just some text"), "not a safetensors samples file")
-    assert_one_line_error(run_bfn("render", ckpt(runs, "img")), "is a bfn checkpoint, not samples")
-    assert_one_line_error(run_bfn("render", tmp_path / "nope.safetensors"), "does not exist")
-    samples = run_bfn("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "2,8,8,1", "--steps", 2,
+def test_bad_render_input(runs, tmp_path, call):
+    assert_one_line_error(call("render", stdin=""), "standard input is empty")
+    assert_one_line_error(call("render", stdin="just some text"), "not a safetensors samples file")
+    assert_one_line_error(call("render", ckpt(runs, "img")), "is a bfn checkpoint, not samples")
+    assert_one_line_error(call("render", tmp_path / "nope.safetensors"), "does not exist")
+    samples = call("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "2,8,8,1", "--steps", 2,
                       "-o", tmp_path / "s.safetensors")
     assert samples.returncode == 0, samples.stderr
-    assert_one_line_error(run_bfn("render", tmp_path / "s.safetensors", "-o", tmp_path / "no" / "dir.png"),
+    assert_one_line_error(call("render", tmp_path / "s.safetensors", "-o", tmp_path / "no" / "dir.png"),
                           "cannot write", code=1)
 
 
@@ -200,56 +221,56 @@ def test_a_failed_picture_write_leaves_nothing(tmp_path, monkeypatch):
     assert (tmp_path / "grid.png").read_bytes() == b"the previous picture"
 
 
-def test_bad_eval_input(runs, tmp_path):
+def test_bad_eval_input(runs, tmp_path, call):
     img = ckpt(runs, "img")
-    assert_one_line_error(run_bfn("eval", "--checkpoint", img, "--steps", -1), "--steps must be >= 0")
-    assert_one_line_error(run_bfn("eval", "--checkpoint", tmp_path / "missing.safetensors"), "does not exist")
-    assert_one_line_error(run_bfn("eval", "--checkpoint", CONFORMANCE / "mnist" / "official_ema.pt"),
+    assert_one_line_error(call("eval", "--checkpoint", img, "--steps", -1), "--steps must be >= 0")
+    assert_one_line_error(call("eval", "--checkpoint", tmp_path / "missing.safetensors"), "does not exist")
+    assert_one_line_error(call("eval", "--checkpoint", CONFORMANCE / "mnist" / "official_ema.pt"),
                           "convert official .pt files first")
     wrong = tmp_path / "wrong.safetensors"
     save_file({"data": torch.zeros(4, 5, 5, 1)}, str(wrong))
-    assert_one_line_error(run_bfn("eval", "--checkpoint", img, "--data", wrong), "shape (5, 5, 1)", "(8, 8, 1)")
+    assert_one_line_error(call("eval", "--checkpoint", img, "--data", wrong), "shape (5, 5, 1)", "(8, 8, 1)")
     text = tmp_path / "text.safetensors"
     save_file({"data": torch.zeros(4, 64, dtype=torch.long)}, str(text))
-    assert_one_line_error(run_bfn("eval", "--checkpoint", img, "--data", text), "shape (64,)")
+    assert_one_line_error(call("eval", "--checkpoint", img, "--data", text), "shape (64,)")
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(img.read_bytes()[:1000])
-    assert_one_line_error(run_bfn("eval", "--checkpoint", truncated), "truncated")
-    assert_one_line_error(run_bfn("eval", "--runs-dir", tmp_path / "empty"), "no checkpoint found")
+    assert_one_line_error(call("eval", "--checkpoint", truncated), "truncated")
+    assert_one_line_error(call("eval", "--runs-dir", tmp_path / "empty"), "no checkpoint found")
 
 
-def test_bad_convert_input(runs, tmp_path):
+def test_bad_convert_input(runs, tmp_path, call):
     pickled = tmp_path / "model.pt"
     torch.save(torch.nn.Linear(2, 2), pickled)  # a whole pickled module, not a state dict
-    assert_one_line_error(run_bfn("convert", pickled, "--preset", "mnist", "-o", tmp_path / "a.safetensors"),
+    assert_one_line_error(call("convert", pickled, "--preset", "mnist", "-o", tmp_path / "a.safetensors"),
                           "not a plain state dict")
     import pickle
 
     pickle.dump({"a": 1}, open(tmp_path / "plain.pt", "wb"))  # an old-style pickle: torch adds a warning
-    assert_one_line_error(run_bfn("convert", tmp_path / "plain.pt", "--preset", "mnist", "-o",
+    assert_one_line_error(call("convert", tmp_path / "plain.pt", "--preset", "mnist", "-o",
                                   tmp_path / "a.safetensors"), "not a plain state dict")
     official = (CONFORMANCE / "mnist" / "official_ema.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(official[: len(official) // 2])
-    assert_one_line_error(run_bfn("convert", tmp_path / "cut.pt", "--preset", "mnist", "-o", tmp_path / "b.safetensors"),
+    assert_one_line_error(call("convert", tmp_path / "cut.pt", "--preset", "mnist", "-o", tmp_path / "b.safetensors"),
                           "truncated or corrupted")
-    assert_one_line_error(run_bfn("convert", CONFORMANCE / "mnist" / "official_ema.pt", "--preset", "text8",
+    assert_one_line_error(call("convert", CONFORMANCE / "mnist" / "official_ema.pt", "--preset", "text8",
                                   "-o", tmp_path / "c.safetensors"), "does not fit its config", "missing")
-    assert_one_line_error(run_bfn("convert", CONFORMANCE / "text8" / "official_ema.pt", "-o", tmp_path / "d.safetensors"),
+    assert_one_line_error(call("convert", CONFORMANCE / "text8" / "official_ema.pt", "-o", tmp_path / "d.safetensors"),
                           "fit none of the paper presets", "text8:")
-    assert_one_line_error(run_bfn("convert", tmp_path / "nope.pt", "--preset", "mnist"), "does not exist")
+    assert_one_line_error(call("convert", tmp_path / "nope.pt", "--preset", "mnist"), "does not exist")
     assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob(".*partial*"))
 
 
-def test_render_takes_any_channel_count_and_refuses_incomplete_trajectories(tmp_path):
+def test_render_takes_any_channel_count_and_refuses_incomplete_trajectories(tmp_path, call):
     from bfncli.samples_file import SAMPLES_FORMAT
 
     meta = {"format": SAMPLES_FORMAT, "kind": "discretized_image", "num_bins": "16"}
     two = tmp_path / "two.safetensors"
     save_file({"samples": torch.rand(3, 8, 8, 2) * 2 - 1}, str(two), metadata=meta)
-    result = run_bfn("render", two, "-o", tmp_path / "two.png")
+    result = call("render", two, "-o", tmp_path / "two.png")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert (tmp_path / "two.png").exists()
     broken = tmp_path / "broken.safetensors"
     save_file({"samples": torch.zeros(1, 8, 8, 1), "flow_input": torch.zeros(2, 1, 8, 8, 1)}, str(broken),
               metadata=meta)
-    assert_one_line_error(run_bfn("render", broken), "incomplete trajectory", "--trajectory")
+    assert_one_line_error(call("render", broken), "incomplete trajectory", "--trajectory")

@@ -27,8 +27,8 @@ def work(tmp_path):
     return tmp_path
 
 
-def train(work, name, *extra, env=None, steps=10):
-    return run_bfn("train", *TINY, "--data", work / "tiny.safetensors", "--runs-dir", work / "runs",
+def train(work, name, *extra, env=None, steps=10, runner=run_bfn):
+    return runner("train", *TINY, "--data", work / "tiny.safetensors", "--runs-dir", work / "runs",
                    "--run-name", name, "--max-steps", steps, *extra, env=env, cwd=work)
 
 
@@ -179,18 +179,18 @@ def test_trained_checkpoint_evaluates_and_samples_without_flags(reference):
     assert "using checkpoint runs/ref/checkpoints/step-00000008/model.safetensors" in damaged.stderr
 
 
-def test_bad_training_input(reference):
+def test_bad_training_input(reference, call):
     work = reference
-    assert_one_line_error(train(work, "x", "--resume", str(work / "nope")), "--resume", "no such checkpoint")
-    assert_one_line_error(train(work, "ref"), "already exists", "--resume auto")
-    changed = train(work, "ref", "--resume", "auto", "--set", "optim.lr=0.5", steps=12)
+    assert_one_line_error(train(work, "x", "--resume", str(work / "nope"), runner=call), "--resume", "no such checkpoint")
+    assert_one_line_error(train(work, "ref", runner=call), "already exists", "--resume auto")
+    changed = train(work, "ref", "--resume", "auto", "--set", "optim.lr=0.5", steps=12, runner=call)
     assert_one_line_error(changed, "cannot resume with a config that changes the run", "optim.lr: 0.001 -> 0.5")
-    odd = train(work, "odd", "--set", "train.batch_size=7", "--set", "train.accumulate=2")
+    odd = train(work, "odd", "--set", "train.batch_size=7", "--set", "train.accumulate=2", runner=call)
     assert_one_line_error(odd, "train.batch_size (7) must be divisible")
-    assert_one_line_error(train(work, "../escape"), "must be a plain name")
+    assert_one_line_error(train(work, "../escape", runner=call), "must be a plain name")
     (work / "afile").write_text("")
-    not_a_dir = run_bfn("train", *TINY, "--data", work / "tiny.safetensors", "--runs-dir", work / "afile",
-                        "--max-steps", 2, cwd=work)
+    not_a_dir = call("train", *TINY, "--data", work / "tiny.safetensors", "--runs-dir", work / "afile",
+                     "--max-steps", 2, cwd=work)
     assert_one_line_error(not_a_dir, "cannot create the run directory", "Not a directory")
 
 

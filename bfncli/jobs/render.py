@@ -231,7 +231,8 @@ def render_trajectory(tensors: dict[str, Tensor], meta: dict[str, str], output: 
                                        transform=ax.transAxes))
             else:
                 grey = panel.shape[-1] == 1
-                artists.append(ax.imshow(panel[..., 0] if grey else panel, cmap="gray" if grey else None,
+                pixels = (panel[..., 0] if grey else panel).numpy()
+                artists.append(ax.imshow(pixels, cmap="gray" if grey else None,
                                          vmin=0, vmax=1))
         return artists
 
