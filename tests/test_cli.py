@@ -136,3 +136,15 @@ def test_missing_data_path_and_home_in_data_dir(tmp_path):
     result = run_bfn("train", "--preset", "mnist", "--dry-run", env={"BFN_DATA__DATA_DIR": "~/datasets"})
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["data"]["data_dir"] == str(Path.home() / "datasets")
+
+
+def test_every_package_folder_is_installed():
+    # A sub-package missing from pyproject's list works from a checkout but not from `pip install .`.
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    root = Path(__file__).parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "bfncli").rglob("__init__.py")}
+    assert found - listed == set(), f"add these to [tool.setuptools] packages: {sorted(found - listed)}"

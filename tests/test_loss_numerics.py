@@ -118,3 +118,37 @@ def test_discrete_n_step_loss_falls_to_the_continuous_time_loss(k, kl):
     losses = _discrete_losses(k, [0, 10, 100, 1000, 100_000, 1_000_000], kl)
     assert losses[10][0] > losses[0][0] + 4 * math.hypot(losses[10][1], losses[0][1])
     _assert_approaches_from_above(losses, large=[100_000, 1_000_000])
+
+
+class FixedOutput(torch.nn.Module):
+    """A network whose output does not depend on the precision it runs in: a stored float32 tensor."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, x, t, classes=None):
+        return self.out.expand(x.shape[0], *self.out.shape[1:])
+
+
+def test_losses_are_float32_under_mixed_precision():
+    # Under autocast the flow's mathematics (here `probs @ centres` of the 256-bin discretized normal)
+    # must not drop to bf16/fp16: with a network whose output autocast cannot change, every loss is the
+    # float32 one, bit for bit (without the float32 regions the continuous-time loss here is 7.85
+    # under bf16 instead of 7.16).
+    from bfncli.config import resolve_config
+    from bfncli.model import BFN
+
+    cfg = resolve_config("cifar10-256d", environ={})
+    out = torch.randn(1, 32 * 32 * 3, 2, generator=_gen(7)) * 0.5  # noise prediction and log-std per dimension
+    model = BFN(cfg, net=FixedOutput(out))
+    x = bin_centres(256)[torch.randint(0, 256, (8, 32, 32, 3), generator=_gen(8))]
+
+    def losses():
+        return torch.stack([model.loss(x, 0, _gen(9)), model.loss(x, 10, _gen(10)), model.reconstruction_loss(x, _gen(11))])
+
+    full = losses()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = losses()
+    assert mixed.dtype == torch.float32
+    assert torch.equal(mixed, full), (mixed, full)

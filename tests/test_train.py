@@ -214,3 +214,49 @@ def test_network_shape_follows_your_own_images(tmp_path):
     evaluated = run_bfn("eval", "--data", folder, "--json", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert '"n_examples": 12' in evaluated.stdout  # all the pictures given
+
+
+def test_validation_uses_the_continuous_time_loss_and_random_text_windows(tmp_path, monkeypatch):
+    # The best checkpoint follows the continuous-time validation loss (as the official code validates),
+    # whatever loss the run trains with, and not the total (loss + reconstruction); text validates on
+    # random windows of the split, the same ones every time, not on its first overlapping windows.
+    from types import SimpleNamespace
+
+    from bfncli.checkpoint import read_info
+    from bfncli.config import resolve_config
+    from bfncli.data import load_split
+    from bfncli.jobs import evaluate
+    from bfncli.jobs.train import Trainer
+
+    cfg = resolve_config("pyhelp", sets=["train.loss_steps=20"], environ={})
+    val = load_split(cfg.data, "val")
+    calls = []
+    # (loss, reconstruction) per validation: the second has a better loss but a worse total.
+    results = iter([(2.0, 0.1), (1.9, 0.5), (1.95, 0.0)])
+
+    def fake_estimate(model, examples, n_steps, repeats, batch_size, seed, runtime, **kwargs):
+        calls.append((n_steps, examples.indices.clone(), seed))
+        loss, recon = next(results)
+        return {"loss_mean": loss, "recon_mean": recon, "total_mean": loss + recon}
+
+    monkeypatch.setattr(evaluate, "estimate", fake_estimate)
+    trainer = Trainer.__new__(Trainer)
+    net = torch.nn.Linear(2, 2)
+    trainer.cfg, trainer.val_set, trainer.run_dir = cfg, val, tmp_path
+    trainer.runtime, trainer.ema, trainer.model = SimpleNamespace(is_main=True), SimpleNamespace(net=net), net
+    state = {"best_val_loss": None}
+    metrics = tmp_path / "metrics.jsonl"
+    for step in (100, 200, 300):
+        trainer._validate(step, state, metrics)
+        if step == 200:
+            assert read_info(tmp_path / "best.safetensors").step == 200
+
+    assert [c[0] for c in calls] == [0, 0, 0]  # continuous time, although the run trains on 20 steps
+    assert [json.loads(line)["val_best"] for line in metrics.read_text().splitlines()] == [True, True, False]
+    assert state["best_val_loss"] == 1.9 and read_info(tmp_path / "best.safetensors").step == 200
+    windows = calls[0][1]
+    n = cfg.train.max_val_batches * cfg.train.val_batch_size
+    assert len(windows) == n == len(set(windows.tolist())) and len(val) > 10 * n
+    assert all(torch.equal(c[1], windows) for c in calls)  # the same windows at every validation
+    assert windows.max() > len(val) // 2 and not torch.equal(windows.sort().values, torch.arange(n))
+    assert len({c[2] for c in calls}) == 3  # but fresh flow noise each time
