@@ -3,11 +3,13 @@
 Everything bfn writes that a user keeps (checkpoints, samples, pictures, configs, caches) goes to a
 temporary name beside its final one, is flushed to the disk, and is renamed into place in one
 atomic step; the folder is flushed too, so that the rename itself survives a power cut. A failed
-write removes its temporary file and leaves whatever was there before untouched.
+write removes its temporary file and leaves whatever was there before untouched. (And the one
+reading helper the writers' checks share: a file's sha256.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from contextlib import contextmanager
@@ -117,3 +119,12 @@ def save_tensors(tensors: dict, path: Path, metadata: Optional[dict[str, str]] =
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -13,7 +13,6 @@ without a valid manifest is never loaded. No pickle anywhere: tensors in safeten
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,7 +23,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from bfncli.atomic_files import fsync_dir, fsync_file, save_tensors
+from bfncli.atomic_files import file_sha256, fsync_dir, fsync_file, save_tensors
 from bfncli.checkpoint import RELEASE_NAME, metadata_for, save_checkpoint
 from bfncli.errors import UserError
 
@@ -42,14 +41,6 @@ class Saved:
 
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -113,7 +104,7 @@ def save_training_checkpoint(
             before_commit()
         for name in (STATE_TENSORS, STATE_JSON):
             fsync_file(tmp / name)
-        manifest = {"step": step, "files": {n: {"sha256": _sha256(tmp / n), "bytes": (tmp / n).stat().st_size}
+        manifest = {"step": step, "files": {n: {"sha256": file_sha256(tmp / n), "bytes": (tmp / n).stat().st_size}
                                             for n in (RELEASE_NAME, STATE_TENSORS, STATE_JSON)}}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         fsync_file(tmp / MANIFEST)
@@ -168,7 +159,7 @@ def verify(path: Path, only: Optional[str] = None) -> Optional[str]:
         file = Path(path) / name
         if not file.exists():
             return f"{name} is missing"
-        if file.stat().st_size != size or _sha256(file) != sha256:
+        if file.stat().st_size != size or file_sha256(file) != sha256:
             return f"{name} does not match its checksum"
     return None
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import CONFORMANCE, assert_one_line_error, ckpt, run_bfn
+from conftest import CONFORMANCE, assert_one_line_error, ckpt
 from safetensors.torch import load_file, save_file
 
 def shell(cmd, cwd):

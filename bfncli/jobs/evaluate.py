@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import torch
 
+from bfncli.atomic_files import file_sha256
 from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
 from bfncli.errors import Interrupted, UserError
@@ -226,20 +227,12 @@ def _state_key(info, cfg, examples, classes: Optional[str]) -> str:
     from bfncli import __version__
     from bfncli.checkpoint import CHECKSUM
 
-    weights = info.metadata.get(CHECKSUM) or _file_sha256(info.path)
+    weights = info.metadata.get(CHECKSUM) or file_sha256(info.path)
     ident = {
         "weights": weights, "data": examples.fingerprint(), "eval": cfg.eval.model_dump(exclude={"repeats"}),
         "flow": cfg.flow.model_dump(), "output": cfg.output.model_dump(), "classes": classes, "bfn": __version__,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _State:
