@@ -22,6 +22,37 @@ def test_every_preset_validates(name):
     assert cfg.description, f"preset {name} needs a description"
 
 
+@pytest.mark.parametrize("name", sorted(list_presets()))
+def test_a_paper_figure_is_quoted_for_the_steps_the_preset_evaluates(name):
+    # The paper reports n-step and continuous-time losses apart: a preset that quotes a figure says
+    # which one its eval.steps gives ("at 784 steps (eval.steps)", "in continuous time (eval.steps 0)").
+    import re
+
+    cfg = resolve(name)
+    if "paper:" not in cfg.description:
+        return
+    quoted = cfg.description.split("paper:", 1)[1]
+    mine = re.search(r"(at (\d+) steps|in continuous time) \(eval\.steps( 0)?\)", quoted)
+    assert mine, f"preset {name}: say which figure eval.steps ({cfg.eval.steps}) gives"
+    assert cfg.eval.steps == (int(mine.group(2)) if mine.group(2) else 0), (name, cfg.eval.steps, quoted)
+
+
+def test_readme_labels_each_paper_figure_with_the_steps_of_its_command():
+    import re
+    from pathlib import Path
+
+    lines = [line for line in (Path(__file__).parent.parent / "README.md").read_text().splitlines()
+             if line.startswith("bfn eval") and "# paper:" in line]
+    assert len(lines) >= 4
+    for line in lines:
+        steps = re.search(r"--steps (\d+)", line)
+        label = line.split("# paper:", 1)[1]
+        if steps and steps.group(1) != "0":
+            assert f"({steps.group(1)} steps)" in label, line
+        else:
+            assert "(continuous time)" in label, line
+
+
 def test_paper_presets_and_small_presets_exist():
     names = set(list_presets())
     assert set(PAPER_PRESETS) <= names
