@@ -225,7 +225,7 @@ def eval_(
         if value is not None and value < low:
             raise UserError(f"{name} must be >= {low}, got {value}")
     if class_ is not None and class_.strip().lower() != "none":
-        raise UserError(f"bfn eval --class takes only 'none' (the unconditional likelihood), not {class_!r}: the "
+        raise UserError(f"--class takes only 'none' (the unconditional likelihood), not {class_!r}: the "
                         "conditional likelihood uses each example's own class")
     path = local_checkpoint(checkpoint)  # before torch is imported: a bad spec or download fails at once
     if samples is not None:

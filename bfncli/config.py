@@ -326,7 +326,7 @@ class SampleConfig(Section):
         from bfncli.samplers import NAMES
 
         if value not in NAMES:
-            close = difflib.get_close_matches(value, NAMES, n=1)
+            close = difflib.get_close_matches(value.lower(), NAMES, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ValueError(f"unknown sampler {value!r}{hint}; choose one of {', '.join(NAMES)}")
         return value
@@ -691,8 +691,9 @@ def describe_validation_error(err: ValidationError, origin: dict[tuple[str, ...]
             messages.append(str(item["msg"]).removeprefix("Value error, ") + from_)
         else:
             got = item.get("input")
-            got_text = "" if isinstance(got, (dict, list)) or got is None else f", got {got!r}"
             msg = str(item["msg"]).removeprefix("Value error, ")
+            said = isinstance(got, (dict, list)) or got is None or repr(got) in msg  # the message quotes it
+            got_text = "" if said else f", got {got!r}"
             if not key or msg.startswith(key + "."):  # the message names its fields itself
                 messages.append(f"{msg}{from_}")
             else:

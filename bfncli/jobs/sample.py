@@ -198,9 +198,10 @@ def class_labels(text: Optional[str], count: int, cfg, kind: str) -> Optional[Te
     k = cfg.network.num_classes
     if k == 0:
         if text is not None:
-            what = "text models are unconditional" if kind == "text" else "this model was trained without classes"
-            raise UserError(f"--class needs a class-conditional model; {what} (train one with network.num_classes, "
-                            "e.g. --preset default-cond)")
+            if kind == "text":
+                raise UserError("--class needs a class-conditional model; text models are unconditional: drop --class")
+            raise UserError("--class needs a class-conditional model; this model was trained without classes (train "
+                            "one with network.num_classes, e.g. --preset default-cond)")
         return None
     names = list(cfg.data.class_names) or [str(i) for i in range(k)]
     if text is None:
