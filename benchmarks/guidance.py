@@ -7,7 +7,7 @@ sample is. Reports, per w: the fraction classified as the class asked for +- its
 error, the Fréchet distance of all samples to the data (diversity and fidelity pay for guidance),
 and prints a markdown table.
 
-    bfn train --preset default-cond --max-steps 4000 --run-name digits-cond
+    bfn train --preset default-cond --set train.steps=5000 --set train.val_every=1000 --run-name digits-cond
     python benchmarks/guidance.py --checkpoint runs/digits-cond/best.safetensors --per-class 100
 """
 
@@ -34,7 +34,8 @@ def main(argv=None):
     parser.add_argument("--per-class", type=int, default=100, help="samples of each class at each weight")
     parser.add_argument("--guidance", default="0,1,2,3,5")
     parser.add_argument("--sampler", default="auto")
-    parser.add_argument("--steps", type=int, default=20, help="network evaluations per sample")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="network evaluations per sample (for --sampler paper: its updates, one evaluation fewer)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -45,6 +46,8 @@ def main(argv=None):
         sys.exit(f"{args.checkpoint} is not a class-conditional model")
     classifier = classifier_for(cfg.data, progress=False)
     method, steps = choose(args.sampler, args.steps, model.discrete)
+    if steps < method.min_steps:
+        sys.exit(f"--steps {args.steps} is too few for the {method.name} sampler")
     labels = torch.arange(k).repeat_interleave(args.per_class)
     rows = []
     for w in (float(x) for x in args.guidance.split(",")):

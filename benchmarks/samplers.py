@@ -22,6 +22,7 @@ Prints a markdown table (value +- noise), and draws quality against NFE into a P
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -52,14 +53,15 @@ def main(argv=None):
     parser.add_argument("--samplers", default=",".join(["auto", *SAMPLERS]))
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eta", type=float, default=None)
+    parser.add_argument("--eta", type=float, default=None, help="where the ode/sde solvers start (default: theirs)")
+    parser.add_argument("--grid", choices=["lambda", "time", "early", "accuracy"], default=None,
+                        help="the ode/sde solvers' time grid (default: lambda for continuous data, time for discrete)")
     parser.add_argument("--plot", type=Path, default=None, help="PNG to draw quality against NFE into")
     parser.add_argument("--json", type=Path, default=None,
-                        help="write every result here; results already in it (same checkpoint, samples and seed) "
+                        help="write every result here; results already in it (same checkpoint, samples, seed, eta and grid) "
                              "are kept and not measured again, so a long benchmark can be run in parts")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, info = load_model(args.checkpoint)
     cfg = info.config
     text = model.discrete and model.flow.n_classes > 2
@@ -72,6 +74,8 @@ def main(argv=None):
             if any(r["sampler"] == name and r["nfe"] == n for r in results):
                 continue
             method, steps = choose(name, n, model.discrete) if name == "auto" else (SAMPLERS[name], None)
+            if args.grid and method.takes_eta:
+                method = dataclasses.replace(method, options=(*method.options, ("grid", args.grid)))
             steps = steps if steps is not None else method.steps_for(n)
             if steps < method.min_steps:
                 continue
@@ -90,8 +94,7 @@ def main(argv=None):
             print(f"{name:>6} ({method.name}) NFE {row['nfe']:>5}: {label} {row['value']:.4f} +- {row['noise']:.4f}"
                   f"{extra}  [{seconds:.1f} s]", file=sys.stderr, flush=True)
             if args.json:
-                args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "samples": args.samples,
-                                                 "seed": args.seed, "measure": label, "results": results}, indent=1))
+                args.json.write_text(json.dumps({**settings(args), "measure": label, "results": results}, indent=1))
 
     names = list(dict.fromkeys([*names, *(r["sampler"] for r in results)]))
     nfes = sorted({*nfes, *(r["nfe"] for r in results)})
@@ -100,14 +103,18 @@ def main(argv=None):
         plot(results, names, label, args.plot, f"{cfg.data.dataset}: {args.samples} samples per point")
 
 
+def settings(args) -> dict:
+    """What the results depend on besides the sampler and NFE (the auto choice is in each row)."""
+    return {"checkpoint": str(args.checkpoint), "samples": args.samples, "seed": args.seed, "eta": args.eta,
+            "grid": args.grid}
+
+
 def earlier_results(args) -> list:
     if args.json is None or not args.json.exists():
         return []
     earlier = json.loads(args.json.read_text())
-    same = (earlier.get("checkpoint"), earlier.get("samples"), earlier.get("seed")) == (
-        str(args.checkpoint), args.samples, args.seed)
-    if not same:
-        sys.exit(f"{args.json} holds results for another checkpoint, sample count or seed; name another --json file")
+    if any(earlier.get(k) != v for k, v in settings(args).items()):
+        sys.exit(f"{args.json} holds results for other settings ({', '.join(settings(args))}); name another --json file")
     print(f"kept {len(earlier['results'])} results from {args.json}", file=sys.stderr)
     return earlier["results"]
 

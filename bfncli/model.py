@@ -96,6 +96,8 @@ class BFN(nn.Module):
         t_net = t.reshape(b, *([1] * len(self.data_shape))).expand(b, *self.data_shape)
         net_input = self.flow.net_input(theta)
         if classes is None:  # networks given to BFN directly (e.g. test oracles) may not take classes
+            if guidance != 1.0:
+                raise ValueError("classifier-free guidance needs classes")
             raw = self.net(net_input, t_net)
         elif guidance == 1.0:
             raw = self.net(net_input, t_net, classes)

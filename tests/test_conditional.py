@@ -117,3 +117,27 @@ def test_an_image_folder_with_class_subfolders_trains_a_conditional_model(call, 
     save_file({"data": torch.zeros(4, 8, 8, 1)}, str(unlabelled))
     assert_one_line_error(call("train", "--preset", "default-cond", *IMAGE, "--data", unlabelled, "--max-steps", 1,
                                   cwd=tmp_path), "labels")
+
+
+def test_class_rows_wrap_and_label_the_unconditional_row(call, cond, tmp_path):
+    # Many samples of one class wrap onto rows of about sqrt(N) (not one row wider than a PNG may be);
+    # --cols sets the width; unconditional samples ('no class') are labelled 'none'.
+    from matplotlib import image
+    from safetensors import safe_open
+
+    out = tmp_path / "s.safetensors"
+    assert call("sample", "--checkpoint", cond, "--class", "7", "--shape", "400,8,8,1", "--steps", 2,
+                "-o", out).returncode == 0
+    with safe_open(str(out), "pt") as f:
+        meta_names = json.loads(f.metadata()["class_names"])
+    assert meta_names == [str(i) for i in range(10)]
+    assert call("render", out, "-o", tmp_path / "square.png").returncode == 0
+    h, w = image.imread(str(tmp_path / "square.png")).shape[:2]
+    assert 0.5 < h / w < 2, (h, w)  # 20 x 20 pictures
+    assert call("render", out, "--cols", 100, "-o", tmp_path / "wide.png").returncode == 0
+    h, w = image.imread(str(tmp_path / "wide.png")).shape[:2]
+    assert w > 5 * h, (h, w)  # 4 rows of 100
+
+    from bfncli.jobs.render import _class_label
+
+    assert [_class_label(c, meta_names) for c in (0, 9, 10)] == ["0", "9", "none"]

@@ -140,6 +140,14 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
     return output
 
 
+def _count(meta: dict[str, str], key: str, default: int) -> int:
+    try:
+        return int(meta.get(key, default))
+    except ValueError:
+        raise UserError(f"the samples file is damaged: its '{key}' is {meta[key]!r}, not a number; draw the "
+                        "samples again") from None
+
+
 def _class_names(meta: dict[str, str]) -> list[str]:
     try:
         names = json.loads(meta.get("class_names", "[]"))
@@ -149,35 +157,51 @@ def _class_names(meta: dict[str, str]) -> list[str]:
 
 
 def _save_class_rows(images: Tensor, classes: Tensor, names: list[str], output: Path, cols: Optional[int]) -> None:
-    """One row of pictures per class, in class order, each row labelled with its class's name."""
+    """The pictures grouped by class, in class order, each class starting a new row and labelled with
+    its name; a class with more pictures than fit in a row (``cols``, by default about the square
+    root of the count) continues on the rows below."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     classes = classes.reshape(-1).long()
-    order = [c for c in sorted(set(classes.tolist()))]
-    rows = [images[classes == c] for c in order]
-    width = min(cols or 10**9, max(len(r) for r in rows))
-    rows = [r[:width] for r in rows]
+    if len(classes) != len(images):
+        raise UserError(f"the samples file is damaged: {len(classes)} classes for {len(images)} samples; draw the "
+                        "samples again")
+    order = sorted(set(classes.tolist()))
+    groups = [images[classes == c] for c in order]
+    width = cols or min(max(len(g) for g in groups), max(10, math.ceil(math.sqrt(len(images)))))
     blank = torch.full_like(images[0], 0.5)
-    canvas = torch.cat([grid(torch.cat([r, blank.expand(width - len(r), *blank.shape)]), width, min_width=0)
-                        for r in rows])
-    row_height = canvas.shape[0] / len(rows)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * width + 1.5), max(1.5, 0.6 * len(rows) + 0.4)))
-    picture = canvas.numpy()
+    blocks, ticks, top, total_rows = [], [], 0, 0
+    for group in groups:
+        rows = math.ceil(len(group) / width)
+        padded = torch.cat([group, blank.expand(rows * width - len(group), *blank.shape)])
+        block = grid(padded, width, min_width=0)
+        ticks.append(top + block.shape[0] / rows / 2)  # the middle of the class's first row
+        top += block.shape[0]
+        total_rows += rows
+        blocks.append(block)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * width + 1.5), max(1.5, 0.6 * total_rows + 0.4)))
+    picture = torch.cat(blocks).numpy()
     ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=1,
               interpolation="nearest")
     ax.set_xticks([])
-    ax.set_yticks([row_height * (i + 0.5) for i in range(len(rows))])
-    ax.set_yticklabels([names[c] if c < len(names) else ("none" if names and c == len(names) else str(c))
-                        for c in order])
+    ax.set_yticks(ticks)
+    ax.set_yticklabels([_class_label(c, names) for c in order])
     ax.tick_params(length=0)
     for spine in ax.spines.values():
         spine.set_visible(False)
     fig.tight_layout()
     with _writing(output, fig) as partial:
         fig.savefig(str(partial), dpi=100)
+
+
+def _class_label(index: int, names: list[str]) -> str:
+    """A class's name; the index one past the last class is "no class" (unconditional samples)."""
+    if 0 <= index < len(names):
+        return names[index]
+    return "none" if names and index == len(names) else str(index)
 
 
 def render_trajectory(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Path],
@@ -192,9 +216,9 @@ def render_trajectory(tensors: dict[str, Tensor], meta: dict[str, str], output: 
 
     kind = meta["kind"]
     inputs, preds, steps = tensors["flow_input"], tensors["flow_prediction"], tensors["flow_steps"].tolist()
-    total = int(meta.get("steps", steps[-1]))
-    evaluations = int(meta.get("evaluations", total + 1))
-    times = tensors["flow_times"].tolist() if "flow_times" in tensors else [(i - 1) / total for i in steps]
+    total = _count(meta, "steps", int(steps[-1]))
+    evaluations = _count(meta, "evaluations", total + 1)
+    times = tensors["flow_times"].tolist() if "flow_times" in tensors else [(i - 1) / max(total, 1) for i in steps]
     output = output or Path("flow.gif")
     if output.suffix.lower() not in (".gif", ".png"):
         raise UserError(f"a trajectory renders as an animated .gif or a .png strip, not '{output.suffix}'")

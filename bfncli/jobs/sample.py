@@ -90,8 +90,10 @@ def run_sample(
     s = cfg.sample
     method, method_steps = choose(s.sampler, s.steps, model.discrete)
     if method_steps < method.min_steps:
-        raise UserError(f"--steps {s.steps} is too few for the '{method.name}' sampler: it needs at least "
-                        f"{method.min_steps} network evaluations")
+        which = f"'auto' chooses the '{method.name}' sampler here, which" if s.sampler == "auto" else \
+            f"the '{method.name}' sampler"
+        raise UserError(f"--steps {s.steps} is too few: {which} needs at least "
+                        f"{method.evaluations(method.min_steps)} network evaluations")
     if s.eta is not None and not method.takes_eta:
         raise UserError(f"--eta sets where the ode/sde solvers start; the '{method.name}' sampler starts at t = 0")
 
@@ -150,11 +152,16 @@ def run_sample(
         "shape": json.dumps([count, *model.data_shape]),
         "num_bins": str(model.flow.num_bins or "") if not model.discrete else str(model.flow.n_classes),
     }
-    if s.eta is not None:
-        meta["eta"] = repr(s.eta)
+    if method.takes_eta:  # where the solver started, and on which grid: given or the default
+        from bfncli.samplers.solvers import DEFAULT_ETA, DEFAULT_GRID
+
+        data = "discrete" if model.discrete else "continuous"
+        meta["eta"] = repr(s.eta if s.eta is not None else DEFAULT_ETA[data])
+        meta["grid"] = DEFAULT_GRID[data]
     if labels is not None:
         tensors["classes"] = labels.contiguous()
-        meta["class_names"] = json.dumps(list(cfg.data.class_names))
+        k = cfg.network.num_classes
+        meta["class_names"] = json.dumps(list(cfg.data.class_names) or [str(i) for i in range(k)])
         meta["guidance"] = repr(s.guidance)
     if kind == "text":
         from bfncli.data.examples import ALPHABET

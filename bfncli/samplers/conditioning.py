@@ -23,17 +23,18 @@ from torch import Tensor
 
 @dataclass
 class Condition:
-    """Known data: ``values`` in the model's data layout, ``known`` True where a value is given."""
+    """Known data, the same for every sample: ``values`` in the model's data layout of one example,
+    ``known`` True where a value is given."""
 
-    values: Tensor  # (*data_shape) or (B, *data_shape)
-    known: Tensor  # bool, same shape
+    values: Tensor  # (*data_shape)
+    known: Tensor  # bool, (*data_shape)
 
 
 class KnownValues:
     """An output distribution with the known values put in where they are known (over (B, D))."""
 
-    def __init__(self, dist, known: Tensor, values: Tensor, n_classes: Optional[int] = None):
-        self.dist, self.known, self.values, self.n_classes = dist, known, values, n_classes
+    def __init__(self, dist, known: Tensor, values: Tensor):
+        self.dist, self.known, self.values = dist, known, values
 
     @property
     def noise_kind(self) -> Optional[str]:
@@ -55,6 +56,7 @@ class KnownValues:
 
     @property
     def probs(self) -> Tensor:
+        """Class probabilities (discrete data only: ``values`` are then class indices)."""
         probs = self.dist.probs
         exact = F.one_hot(self.values.long(), probs.shape[-1]).to(probs.dtype)
         return torch.where(self.known.unsqueeze(-1), exact, probs)
@@ -87,5 +89,5 @@ class ConditionedModel:
     def predict(self, input_params: Tensor, t: Tensor):
         return self._pin(self.model.predict(input_params, t, classes=self.classes, guidance=self.guidance))
 
-    def prior_prediction(self, batch: int):
-        return self._pin(self.model.prior_prediction(batch, self.device))
+    def prior_prediction(self, batch: int, device=None):
+        return self._pin(self.model.prior_prediction(batch, device or self.device))

@@ -74,6 +74,8 @@ class GaussianForm:
         """``points`` times from eta to 1, equally spaced in: lambda (the solvers' natural clock: equal
         steps in log signal-to-noise), t (the paper's sampler), sqrt(t) (denser early), or the
         accuracy a(t) (beta_1 t^2 or gamma(t): equal amounts of information, denser late)."""
+        if kind not in ("lambda", "time", "early", "accuracy"):
+            raise ValueError(f"unknown time grid {kind!r}")
         if points == 1:
             return [1.0]
         u = [i / (points - 1) for i in range(points)]
@@ -114,8 +116,10 @@ class GaussianForm:
     def initial_state(self, eta: float, noise, dist_at_zero=None) -> Tensor:
         """z at t = eta: s(eta) eps, plus a(eta) times a draw of the output distribution at t = 0
         (the network's guess before any information, e.g. N(0, 1) bins for noise-predicting
-        networks), as the paper's first step would add; None: that term is left out (it is
-        negligible for discrete data, where a(eta) = beta_1 eta^2)."""
+        networks), as the paper's first step would add. None: that term is left out, i.e. replaced
+        by its prior mean 0: negligible for discrete data, where a(eta) = beta_1 eta^2; for a
+        continuous network that predicts the data directly (none of the paper's configs) the
+        solver then starts from a slightly narrower state than the flow's."""
         b = len(noise)
         if self.discrete:
             return self.s(eta) * noise.normal(*self.state_shape(b)[1:])

@@ -71,7 +71,7 @@ def _multistep(model, noise, steps: int, callback, stochastic: bool, order: int,
         raise ValueError("eta must lie in (0, 1)")
     b, device = len(noise), noise.device
     times = form.grid(eta, steps, grid)
-    z = form.initial_state(eta, noise, None if form.discrete else model.prior_prediction(b))
+    z = form.initial_state(eta, noise, None if form.discrete else model.prior_prediction(b, device))
     z = z.to(device).reshape(b, *model.data_shape, *((model.flow.n_classes,) if form.discrete else ()))
     history: list[tuple[float, Tensor]] = []  # (lambda, v_hat) of the latest evaluations, newest last
     for i, t in enumerate(times):
