@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from bfncli.checkpoint import load_model
 from bfncli.jobs.quality import image_quality, text_quality
 from bfncli.jobs.sample import draw_samples
