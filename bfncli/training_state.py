@@ -109,10 +109,15 @@ def save_training_checkpoint(
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         fsync_file(tmp / MANIFEST)
         fsync_dir(tmp)
-        if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
+        if final.exists():  # a re-save of the same step: the old one goes only once the new one is in place
+            aside = root / f".replaced-{final.name}-{os.getpid()}"
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            fsync_dir(root)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+            fsync_dir(root)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
@@ -125,18 +130,40 @@ def save_training_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prune(root, keep)
+    prune(root, keep, final)
     return Saved(final, step)
 
 
-def prune(root: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` committed checkpoints (and stale temporary directories)."""
-    committed = sorted(p for p in root.glob(f"{PREFIX}*") if (p / MANIFEST).exists())
+def prune(root: Path, keep: int, newest: Path) -> None:
+    """Delete all but the newest ``keep`` committed checkpoints up to ``newest`` (the one just written,
+    never deleted), and stale temporary directories of other processes."""
+    committed = sorted(p for p in root.glob(f"{PREFIX}*") if (p / MANIFEST).exists() and p.name <= newest.name)
     for old in committed[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(f".tmp-{PREFIX}*"):
-        if f"-{os.getpid()}" not in stale.name:
+        if not stale.name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def set_aside_newer(root: Path, step: int) -> list[str]:
+    """Checkpoints newer than the one a run resumes from belong to a history that will not happen now
+    (damaged ones that resuming skipped, or the later steps of an explicit --resume of an older one).
+    They are renamed superseded-step-..., kept for the user but out of the way of pruning and resuming.
+    Returns what was renamed, as 'old -> new' notes."""
+    moved = []
+    for path in sorted(Path(root).glob(f"{PREFIX}*")):
+        number = path.name[len(PREFIX):]
+        if not number.isdigit() or int(number) <= step:
+            continue
+        target, n = path.with_name(f"superseded-{path.name}"), 1
+        while target.exists():
+            n += 1
+            target = path.with_name(f"superseded-{path.name}-{n}")
+        os.replace(path, target)
+        moved.append(f"{path.name} -> {target.name}")
+    if moved:
+        fsync_dir(Path(root))
+    return moved
 
 
 # ----------------------------------------------------------------------------------- read

@@ -275,6 +275,37 @@ def test_restarts_before_the_first_checkpoint_leave_no_duplicate_rows_and_no_loc
     assert "stopped before its first checkpoint: starting it afresh" in again.stderr
 
 
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(call, tmp_path):
+    # The later steps of the old history are kept, renamed, out of the way: the resumed run's own
+    # checkpoints are never pruned in their favour, and --resume auto continues the new history.
+    every = ["--checkpoint-every", 2, "--set", "train.keep_checkpoints=10"]
+    assert _train(call, tmp_path, "--run-name", "r", "--max-steps", 10, *every).returncode == 0
+    checkpoints = tmp_path / "runs" / "r" / "checkpoints"
+    back = _train(call, tmp_path, "--resume", checkpoints / "step-00000004", "--max-steps", 6, *every)
+    assert back.returncode == 0, back.stderr
+    assert "step-00000010 -> superseded-step-00000010" in back.stderr
+    assert sorted(p.name for p in checkpoints.iterdir()) == [
+        "step-00000002", "step-00000004", "step-00000006",
+        "superseded-step-00000006", "superseded-step-00000008", "superseded-step-00000010"]
+    again = _train(call, tmp_path, "--run-name", "r", "--resume", "auto", "--max-steps", 8, *every)
+    assert again.returncode == 0 and "from step 6" in again.stderr, again.stderr
+
+
+def test_resume_auto_with_only_damaged_checkpoints_starts_nothing_over(call, tmp_path):
+    assert _train(call, tmp_path, "--run-name", "r", "--max-steps", 4, "--checkpoint-every", 2).returncode == 0
+    run = tmp_path / "runs" / "r"
+    for step in run.glob("checkpoints/step-*"):
+        (step / "state.safetensors").write_bytes(b"damaged")
+    metrics = (run / "metrics.jsonl").read_text()
+    result = _train(call, tmp_path, "--run-name", "r", "--resume", "auto", "--max-steps", 6)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "has no intact checkpoint to resume from" in result.stderr.strip().splitlines()[-1]
+    assert (run / "metrics.jsonl").read_text() == metrics  # the run's history is untouched
+    copied = tmp_path / "step-00000004"
+    shutil.copytree(run / "checkpoints" / "step-00000004", copied)
+    assert_one_line_error(_train(call, tmp_path, "--resume", copied), "not a checkpoint of a run")
+
+
 def test_a_full_disk_while_logging_is_one_line(call, tmp_path):
     assert _train(call, tmp_path, "--run-name", "r", "--max-steps", 2).returncode == 0
     metrics = tmp_path / "runs" / "r" / "metrics.jsonl"

@@ -57,6 +57,10 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
             if best is None:
                 raise UserError(f"--resume {resume}: no intact checkpoint there")
             return path.parent, best
+        path = path.resolve()
+        if path.parent.name != "checkpoints":
+            raise UserError(f"--resume {resume}: not a checkpoint of a run (runs/NAME/checkpoints/step-...); give "
+                            "one inside its run folder, or the run's checkpoints folder")
         problem = verify(path)
         if problem is not None:
             raise UserError(f"--resume {resume}: {problem}")
@@ -72,6 +76,10 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
             run_dir = runs_dir / run_name
         best, skipped = find_resumable(run_dir)
         report_skipped(skipped, announce)
+        if best is None and not never_got_anywhere(run_dir):
+            raise UserError(f"run '{run_dir.name}' has no intact checkpoint to resume from (the damaged ones are named "
+                            f"above); resume from one of your own with --resume DIR, or start a new run under another "
+                            "--run-name")
         if best is None:
             started_from = _initial_weights_of(run_dir)
             if started_from:  # starting afresh would start from random weights instead

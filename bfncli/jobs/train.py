@@ -34,7 +34,12 @@ from bfncli.jobs.run_directory import (
 )
 from bfncli.jobs.runtime import require_memory, setup
 from bfncli.jobs.stop_signals import StopFlag
-from bfncli.training_state import load_training_checkpoint, restore_optimizer, save_training_checkpoint
+from bfncli.training_state import (
+    load_training_checkpoint,
+    restore_optimizer,
+    save_training_checkpoint,
+    set_aside_newer,
+)
 
 # ------------------------------------------------------------------------------ the config
 def fit_to_data(cfg: BFNConfig, spec) -> BFNConfig:
@@ -204,12 +209,19 @@ class Trainer:
         self.ema.net.load_state_dict(ema_sd)
         restore_optimizer(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
                           {k: v for k, v in tensors.items() if k.startswith("optim.")}, info["optimizer"])
+        # (checkpoints from before bfn 0.1 kept a best "total" instead: not comparable, so not carried over)
         for key in ("step", "skipped_steps", "nonfinite_streak", "best_val_loss"):
             state[key] = info.get(key, state[key])
         if self.runtime.is_main:
-            truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
-            remove_stale_partials(self.run_dir)
-            write_text_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())  # with any resumable changes
+            try:
+                for note in set_aside_newer(start_path.parent, state["step"]):
+                    sys.stderr.write(f"set aside a checkpoint newer than the one resumed from: {note}\n")
+                truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
+                remove_stale_partials(self.run_dir)
+                write_text_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())  # with any resumable changes
+            except OSError as err:
+                raise UserError(f"cannot update the run folder '{self.run_dir}': {err.strerror or err}; free disk "
+                                "space or fix its permissions (its checkpoints are intact)", exit_code=1) from None
             sys.stderr.write(f"resuming {self.run_dir.name} from step {state['step']} ({start_path.name})\n")
         return state
 
