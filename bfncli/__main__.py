@@ -1,9 +1,21 @@
+"""The `bfn` executable and `python -m bfncli`: Ctrl-C is said in one line (exit 130) even while the
+command-line libraries are still loading."""
+
 import signal
+import sys
 
-from bfncli.errors import raise_interrupted
+from bfncli.errors import Interrupted, raise_interrupted
 
-signal.signal(signal.SIGINT, raise_interrupted)  # Ctrl-C while the command-line libraries load is said in one line too
 
-from bfncli.cli import main  # noqa: E402
+def run() -> None:
+    signal.signal(signal.SIGINT, raise_interrupted)
+    try:
+        from bfncli.cli import main
+    except Interrupted:
+        sys.stderr.write("bfn: interrupted\n")
+        sys.exit(130)
+    main()
 
-main()
+
+if __name__ == "__main__":
+    run()

@@ -106,7 +106,8 @@ def write_errors_as_oserror() -> Iterator[None]:
         yield
     except (SafetensorError, RuntimeError) as err:
         found = re.search(r'message: "([^"]+)"', str(err))
-        raise OSError(found.group(1) if found else str(err).strip().splitlines()[-1]) from err
+        lines = str(err).strip().splitlines()
+        raise OSError(found.group(1) if found else lines[-1] if lines else type(err).__name__) from err
 
 
 def save_tensors(tensors: dict, path: Path, metadata: Optional[dict[str, str]] = None) -> None:

@@ -168,8 +168,11 @@ def read_official(path: Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"'{path}' does not exist" if not path.exists() else f"'{path}' is not a file")
-    with open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        raise UserError(f"cannot read '{path}': {err.strerror or err}") from None
     if not head:
         raise UserError(f"'{path}' is empty; it is not a PyTorch checkpoint (was the download cut short?)")
     if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save writes a zip archive, or a pickle before 1.6
@@ -274,7 +277,9 @@ def _check_output(output: Path, force: bool) -> None:
 
 
 def to_bfn(source: Path, output: Path, preset: Optional[str], official_config: Optional[Path],
-           sets: list[str], force: bool) -> Path:
+           sets: list[str], force: bool, environ: Optional[dict] = None) -> Path:
+    """An official .pt as a bfn checkpoint. ``environ``: where BFN_* settings come from (None: the
+    process's environment, as for every command; {}: none, for conversions cached for any later use)."""
     output = Path(output)
     if output.suffix != ".safetensors":
         raise UserError(f"bfn checkpoints are .safetensors files; name the output e.g. '{output.with_suffix('.safetensors')}'")
@@ -283,12 +288,12 @@ def to_bfn(source: Path, output: Path, preset: Optional[str], official_config: O
     if official_config is not None:
         cfg = official_to_config(load_yaml(official_config), f"'{official_config}'")
         if sets:
-            cfg = resolve_config(base=cfg.to_dict(), sets=sets)
+            cfg = resolve_config(base=cfg.to_dict(), sets=sets, environ=environ)
     else:
         name = preset or recognise(tensors, source.name)
         if not preset:
             _say(f"recognised the weights as preset '{name}'")
-        cfg = resolve_config(name, sets=sets)
+        cfg = resolve_config(name, sets=sets, environ=environ)
     expected = expected_shapes(cfg)
     check_state_dict(expected, tensors, f"'{source}'")
     check_dtypes(expected, tensors, f"'{source}'")

@@ -182,6 +182,9 @@ def _check_the_server_has_an_address(hub_file: HubFile) -> None:
 
     if constants.is_offline_mode():
         return  # the client answers from the cache or says it may not ask
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                             "all_proxy")):
+        return  # a proxy resolves names this machine may not
     if isinstance(try_to_load_from_cache(hub_file.repo_id, hub_file.path, revision=hub_file.revision), str):
         return  # a branch or tag asked again: unreachable, the client falls back to the cached copy
     host = urlsplit(constants.ENDPOINT).hostname
@@ -259,7 +262,7 @@ def _convert(hub_file: HubFile, download: Path, target: Path) -> None:
     _say(f"{hub_file.spec}: converting {download.name} (recognised as preset '{preset}') to a bfn checkpoint, "
          "once: it is kept beside the download")
     try:
-        to_bfn(download, target, preset, official_config=None, sets=[], force=True)
+        to_bfn(download, target, preset, official_config=None, sets=[], force=True, environ={})
     except UserError as err:  # the cache folder is read-only or full
         raise UserError(f"{err}; or convert it elsewhere: {by_hand}", err.exit_code) from None
 

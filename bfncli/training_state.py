@@ -219,10 +219,19 @@ def find_latest(runs_dir: Path) -> Path:
     (committed, and matching its manifest's checksum); damaged newer ones are named on stderr."""
     import sys
 
+    def modified(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:  # pruned by a training run since the listing
+            return 0.0
+
     runs_dir = Path(runs_dir)
-    candidates = sorted(runs_dir.glob(f"*/checkpoints/*/{RELEASE_NAME}"), key=lambda p: p.stat().st_mtime)
+    candidates = sorted(runs_dir.glob(f"*/checkpoints/{PREFIX}*/{RELEASE_NAME}"), key=modified)
     for path in reversed(candidates):
-        problem = verify(path.parent, only=RELEASE_NAME)
+        try:
+            problem = verify(path.parent, only=RELEASE_NAME)
+        except OSError:  # the same, while it was being read
+            continue
         if problem is None:
             return path
         if (path.parent / "manifest.json").exists():  # an unfinished write is not worth a word

@@ -324,9 +324,11 @@ def test_a_bad_fault_injection_value(call, tmp_path):
 
 
 # ------------------------------------------------------------------------------ interrupts
-def _interrupt(args, ready, timeout=120):
-    """Start bfn, wait until ``ready()``, send SIGINT; return (code, stderr)."""
-    process = subprocess.Popen([sys.executable, "-m", "bfncli", *map(str, args)], stdout=subprocess.DEVNULL,
+def _interrupt(args, ready, timeout=120, executable=None):
+    """Start bfn (``python -m bfncli``, or the installed ``executable``), wait until ``ready()``, send
+    SIGINT; return (code, stderr)."""
+    command = [str(executable)] if executable else [sys.executable, "-m", "bfncli"]
+    process = subprocess.Popen([*command, *map(str, args)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + timeout
@@ -351,3 +353,13 @@ def test_ctrl_c_in_eval_and_sample_says_so(runs, tmp_path):
                             "-o", tmp_path / "s.safetensors"], lambda: time.time() > started + 4)
     assert code == 130 and err.strip() == "bfn sample: interrupted", err
     assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_ctrl_c_through_the_installed_executable(runs, tmp_path):
+    executable = Path(sys.executable).parent / "bfn"
+    if not executable.exists():
+        pytest.skip("bfn is not installed next to this Python")
+    started = time.time()
+    code, err = _interrupt(["sample", "--checkpoint", ckpt(runs, "img"), "--sampler", "paper", "--steps", 1000000,
+                            "-o", tmp_path / "s.safetensors"], lambda: time.time() > started + 2, executable=executable)
+    assert code == 130 and err.strip() in ("bfn sample: interrupted", "bfn: interrupted"), err

@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import torch
 
-from bfncli.atomic_files import file_sha256
+from bfncli.atomic_files import file_sha256, write_text_atomic
 from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
 from bfncli.errors import Interrupted, UserError
@@ -257,8 +257,6 @@ class _State:
     def save(self, done: dict[int, tuple[float, float]]) -> None:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({str(k): v for k, v in done.items()}))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, json.dumps({str(k): v for k, v in done.items()}))
         except OSError:
             pass  # resuming is a convenience: never fail an evaluation over it

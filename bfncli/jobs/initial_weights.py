@@ -31,16 +31,18 @@ class InitialWeights:
 
 
 def load_initial_weights(spec: str, cfg: BFNConfig, preset: Optional[str], announce: bool) -> InitialWeights:
-    from bfncli.checkpoint import describe_mismatch, load_tensors, read_info
+    from bfncli.checkpoint import check_dtypes, describe_mismatch, load_tensors, read_info
     from bfncli.convert import expected_shapes
     from bfncli.hub import local_checkpoint
 
     path = local_checkpoint(spec)
     info = read_info(path)  # a bfn checkpoint, or a one-line error saying what it is instead
     tensors = load_tensors(path)
-    problem = describe_mismatch(expected_shapes(cfg), tensors)
+    expected = expected_shapes(cfg)
+    problem = describe_mismatch(expected, tensors)
     if problem:
         raise UserError(f"--init {spec} does not fit this run's network ({problem}); {_hint(tensors, info, preset)}")
+    check_dtypes(expected, tensors, f"--init {spec}")
     for name, tensor in tensors.items():
         if torch.is_floating_point(tensor) and not torch.isfinite(tensor).all():
             raise UserError(f"--init {spec} has non-finite values in '{name}'; it cannot be trained from")

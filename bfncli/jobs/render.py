@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from bfncli.atomic_files import fsync_file
 from bfncli.data.examples import decode_text as decode
 from bfncli.errors import UserError
 from bfncli.jobs.run_directory import read_metrics
@@ -54,6 +55,7 @@ def _writing(path: Path, fig=None):
     partial = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     try:
         yield partial
+        fsync_file(partial)
         os.replace(partial, path)
     except OSError as err:
         raise UserError(f"cannot write '{path}': {err.strerror or err}", exit_code=1) from None

@@ -168,6 +168,7 @@ class Trainer:
             if self.runtime.is_main:
                 sys.stderr.write(f"note: train.mixed_precision={precision} needs a GPU; training in float32\n")
             precision = "no"
+        self.precision = precision  # what the run really uses
         self.accelerator = Accelerator(mixed_precision=precision, log_with=t.trackers or None,
                                        project_dir=str(self.run_dir), cpu=not torch.cuda.is_available())
         torch.manual_seed(t.seed)  # initial weights: the same on every process
@@ -212,6 +213,9 @@ class Trainer:
         # (checkpoints from before bfn 0.1 kept a best "total" instead: not comparable, so not carried over)
         for key in ("step", "skipped_steps", "nonfinite_streak", "best_val_loss"):
             state[key] = info.get(key, state[key])
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and isinstance(info.get("grad_scaler"), dict):
+            scaler.load_state_dict(info["grad_scaler"])
         if self.runtime.is_main:
             try:
                 for note in set_aside_newer(start_path.parent, state["step"]):
@@ -269,7 +273,8 @@ class Trainer:
             total += loss.detach()
         loss = self.accelerator.reduce(total / t.accumulate, "mean") if self.runtime.world_size > 1 else total / t.accumulate
         grad_norm = self.accelerator.clip_grad_norm_(self.params, t.grad_clip_norm)
-        finite = bool(torch.isfinite(loss)) and (t.mixed_precision == "fp16" or bool(torch.isfinite(grad_norm)))
+        # Under fp16 the gradient scaler skips steps whose gradients overflow (and lowers its scale).
+        finite = bool(torch.isfinite(loss)) and (self.precision == "fp16" or bool(torch.isfinite(grad_norm)))
         if finite:
             self.optimizer.step()
             torch._foreach_lerp_(self.ema_params, [p.detach().float() for p in self.params], 1 - t.ema_decay)
@@ -362,6 +367,9 @@ class Trainer:
         if self.runtime.is_main:
             info = {k: state[k] for k in ("skipped_steps", "nonfinite_streak", "best_val_loss")}
             info["data_position"] = self.order.position(step)
+            scaler = getattr(self.accelerator, "scaler", None)
+            if scaler is not None:  # fp16: the loss scale, so that a resumed run skips the same steps
+                info["grad_scaler"] = scaler.state_dict()
             save_training_checkpoint(self.run_dir, step, self.cfg, self.unwrapped.net.state_dict(),
                                      self.ema.net.state_dict(), _inner(self.optimizer), info,
                                      keep=self.cfg.train.keep_checkpoints,
@@ -404,9 +412,9 @@ class _RandomSample:
         generator = torch.Generator().manual_seed(seed)
         if len(examples) <= 2**24:
             self.indices = torch.randperm(len(examples), generator=generator)[:n]
-        else:  # too many for a permutation: distinct draws by rejection are as good here
-            self.indices = torch.unique(torch.randint(0, len(examples), (2 * n,), generator=generator))[:n]
-            self.indices = self.indices[torch.randperm(len(self.indices), generator=generator)]
+        else:  # too many for a permutation: 2n draws, the distinct ones (sorted by unique) shuffled, n kept
+            distinct = torch.unique(torch.randint(0, len(examples), (2 * n,), generator=generator))
+            self.indices = distinct[torch.randperm(len(distinct), generator=generator)][:n]
 
     def __len__(self):
         return len(self.indices)
