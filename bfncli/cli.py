@@ -258,9 +258,11 @@ def eval_(
 
 # ------------------------------------------------------------------------------ sample
 def _sampler_help() -> str:
-    from bfncli.samplers import SAMPLERS
+    from bfncli.samplers import AUTO, SAMPLERS
 
-    lines = ["auto: the best for the --steps budget (the default)"] + [f"{s.name}: {s.summary}" for s in SAMPLERS.values()]
+    best = " / ".join(sorted(set(AUTO.values())))
+    lines = [f"auto: the sampler measured best at every budget ({best}; the default)"]
+    lines += [f"{s.name}: {s.summary}" for s in SAMPLERS.values()]
     return "Sampler: " + "; ".join(lines) + "."
 
 

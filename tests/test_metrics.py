@@ -294,6 +294,23 @@ def test_eval_samples_of_an_image_model(drawn, monkeypatch):
     assert other["fd"] == report["fd"] and other["fd_std"] != report["fd_std"] and other["seed"] == 1
 
 
+def test_more_samples_than_held_out_images_are_also_compared_at_equal_n(drawn, monkeypatch, tmp_path):
+    # The digits' test split has 179 images: 400 "samples" (real training digits) get their FD at N = 179
+    # beside the held-out FD, and being real digits both are alike; the FD at N = 400 is smaller (bias).
+    from bfncli.checkpoint import read_info
+    from bfncli.data import load_split
+    from bfncli.jobs.quality import run_quality
+
+    monkeypatch.setenv("BFN_CACHE_DIR", drawn["env"]["BFN_CACHE_DIR"])
+    train = load_split(read_info(drawn["img"]).config.data, "train")
+    real = _samples_file(tmp_path / "real.safetensors", train.batch(torch.arange(400)))
+    report = run_quality(real, drawn["img"], drawn["root"], {}, [], as_json=True)
+    assert report["n_heldout"] == 179 and report["fd_at_heldout_n"] is not None
+    noise = 3 * (report["fd_at_heldout_n_std"] + report["fd_heldout_std"])
+    assert abs(report["fd_at_heldout_n"] - report["fd_heldout"]) < noise, report
+    assert report["fd"] < report["fd_at_heldout_n"]
+
+
 def test_eval_samples_of_a_text_model(drawn, tmp_path):
     # Known text: the vocabulary is the pyhelp train split, which has "the", "value", "of" and "function".
     text = ("x_the_value_of_the_function_qzxv_" + "_" * 31, "qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq")

@@ -77,6 +77,19 @@ def test_yaml_booleans_stay_words_and_duplicate_keys_are_refused(call, tmp_path)
     assert_one_line_error(call("train", "--config", dup, "--dry-run"), "key 'train' appears twice", "line 5")
 
 
+def test_yaml_numbers_are_read_as_yaml_1_2():
+    # YAML 1.1 (PyYAML's default) reads 010 as octal 8, 1:30 as 90, a date as a date and 1e-3 as a string.
+    from bfncli.yaml_loader import load
+
+    text = "a: 010\nb: 1:30\nc: 2024-01-01\nd: 1e-3\ne: 1_000_000\nf: 0x10\ng: .5\nh: 3.14.15\n"
+    assert load(text) == {"a": 10, "b": "1:30", "c": "2024-01-01", "d": 0.001, "e": 1000000, "f": 16, "g": 0.5,
+                          "h": "3.14.15"}
+    from bfncli.config import resolve_config
+
+    cfg = resolve_config("default", sets=["train.seed=010", "data.path=2024-01-01"], environ={})
+    assert cfg.train.seed == 10 and str(cfg.data.path) == "2024-01-01"
+
+
 def test_unknown_environment_variables_are_warned_about_and_ignored(call):
     result = call("train", "--dry-run", env={"BFN_HOME": "/somewhere", "BFN_TRAIN__STEPS": "7"})
     assert result.returncode == 0

@@ -24,8 +24,6 @@ from bfncli.flows.distributions import (
 )
 
 MIN_T = 1e-6  # below this the noise-prediction parameterisation is undefined (gamma -> 0)
-# Below this step accuracy the discrete-time KL is computed as log1p of a small sum (see discrete_time_loss).
-SMALL_ALPHA = 1e-2
 
 OutputDist = Union[Delta, DiscretizedNormal]
 
@@ -152,23 +150,17 @@ class ContinuousFlow:
         centres = bin_centres(dist.num_bins, x.device, x.dtype)
 
         def kl_term(x_, a_, e_, loc_, scale_):
-            out = torch.empty_like(x_)
-            small = a_ < SMALL_ALPHA
-            for rows, near_one in ((small, True), (~small, False)):
-                if not rows.any():
-                    continue
-                a, e = a_[rows], e_[rows]
-                w = mixture_weights(dist._probs_flat(loc_[rows], scale_[rows]))
-                offset = centres - x_[rows].unsqueeze(-1)  # k_c - x; 0 at x's own bin, so the sum below is >= w_x
-                root = a.sqrt().unsqueeze(-1)
-                d = root * e.unsqueeze(-1) * offset - 0.5 * a.unsqueeze(-1) * offset.square()  # <= e^2 / 2
-                if near_one:  # sum_k w_k e^d_k = 1 + sum_k w_k (e^d_k - 1), and log1p keeps its digits
-                    log_receiver_ratio = torch.log1p((w * torch.expm1(d)).sum(-1))
-                else:
-                    log_receiver_ratio = torch.log((w * torch.exp(d)).sum(-1))
-                first_order = root.squeeze(-1) * e * (w * offset).sum(-1)
-                out[rows] = first_order - log_receiver_ratio
-            return out
+            w = mixture_weights(dist._probs_flat(loc_, scale_))
+            offset = centres - x_.unsqueeze(-1)  # k_c - x; 0 at x's own bin, so the sum below is >= w_x
+            root = a_.sqrt().unsqueeze(-1)
+            d = root * e_.unsqueeze(-1) * offset - 0.5 * a_.unsqueeze(-1) * offset.square()  # <= e^2 / 2
+            # sum_k w_k e^d_k = 1 + sum_k w_k (e^d_k - 1): where that sum is near 1, log1p keeps its digits
+            excess = (w * torch.expm1(d)).sum(-1)
+            near_one = excess.abs() < 0.5
+            log_receiver_ratio = torch.where(near_one, torch.log1p(torch.where(near_one, excess, 0.0)),
+                                             torch.log((w * torch.exp(d)).sum(-1)))
+            first_order = root.squeeze(-1) * e_ * (w * offset).sum(-1)
+            return first_order - log_receiver_ratio
 
         total = torch.zeros_like(x)
         for _ in range(self.kl_samples):

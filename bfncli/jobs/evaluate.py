@@ -222,14 +222,16 @@ def _pm(mean: float, err: float) -> str:
 
 # --------------------------------------------------------------------------- resumable state
 def _state_key(info, cfg, examples, classes: Optional[str]) -> str:
-    """What finished repeats are kept under: the checkpoint's weights and the data by their content
-    (changed data or weights never return stale numbers), the settings, and this bfn's version."""
+    """What finished repeats are kept under: the checkpoint's weights, its config (the network that
+    runs the weights) and the data by their content (changed data, weights or network never return
+    stale numbers), the settings, and this bfn's version."""
     from bfncli import __version__
     from bfncli.checkpoint import CHECKSUM
 
     weights = info.metadata.get(CHECKSUM) or file_sha256(info.path)
     ident = {
-        "weights": weights, "data": examples.fingerprint(), "eval": cfg.eval.model_dump(exclude={"repeats"}),
+        "weights": weights, "checkpoint_config": info.metadata.get("config"), "network": cfg.network.model_dump(),
+        "data": examples.fingerprint(), "eval": cfg.eval.model_dump(exclude={"repeats"}),
         "flow": cfg.flow.model_dump(), "output": cfg.output.model_dump(), "classes": classes, "bfn": __version__,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]

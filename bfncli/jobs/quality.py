@@ -146,6 +146,11 @@ def image_quality(samples: Tensor, data_cfg, seed: int = 0, device="cpu", progre
     pick = torch.randperm(heldout.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
     floor = (frechet_distance_to(heldout[pick], classifier.reference_mean, classifier.reference_cov, FD_RESAMPLES,
                                  seed) if pick.numel() >= 2 else None)
+    same_n = None  # fewer held-out images than samples: the samples' FD at that N too, the fair comparison
+    if floor is not None and pick.numel() < n:
+        subset = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:pick.numel()]
+        same_n = frechet_distance_to(classifier.features(samples[subset]), classifier.reference_mean,
+                                     classifier.reference_cov, FD_RESAMPLES, seed)
 
     train = load_split(data_cfg, "train")
     m = min(len(train), max(n, MMD_REFERENCE[0]), MMD_REFERENCE[1])
@@ -160,6 +165,7 @@ def image_quality(samples: Tensor, data_cfg, seed: int = 0, device="cpu", progre
         "fd": fd.value, "fd_std": fd.std, "fd_resamples": fd.resamples,
         "fd_heldout": floor.value if floor else None, "fd_heldout_std": floor.std if floor else None,
         "n_heldout": pick.numel(), "heldout": info["heldout"],
+        "fd_at_heldout_n": same_n.value if same_n else None, "fd_at_heldout_n_std": same_n.std if same_n else None,
         "classifier_test_accuracy": classifier.test_accuracy, "classifier_n_test": info["n_test"],
         "classifier_features": classifier.reference_mean.numel(),
         "mmd2": mmd.mmd2, "mmd2_stderr": mmd.stderr, "mmd_bandwidth": mmd.bandwidth, "n_mmd_reference": mmd.n_y,
@@ -194,7 +200,10 @@ def format_quality_report(r: dict[str, Any]) -> str:
     ]
     if r["fd_heldout"] is not None:
         lines.append(f"FD held-out  {r['fd_heldout']:.4f} ± {r['fd_heldout_std']:.4f}   {r['n_heldout']} real images "
-                     f"of {r['heldout']} vs the reference: what perfect samples score at this N")
+                     f"of {r['heldout']} vs the reference: what perfect samples score at N = {r['n_heldout']}")
+        if r.get("fd_at_heldout_n") is not None:
+            lines.append(f"FD at {r['n_heldout']:<6} {r['fd_at_heldout_n']:.4f} ± {r['fd_at_heldout_n_std']:.4f}   "
+                         f"{r['n_heldout']} of the samples vs the reference: to compare with the line above")
     lines.append(f"MMD²         {r['mmd2']:.6f} ± {r['mmd2_stderr']:.6f}   {n} samples vs {r['n_mmd_reference']} "
                  f"reference images, in pixels (Gaussian kernel, sigma {r['mmd_bandwidth']:.4g} by the median "
                  "heuristic; ± = jackknife standard error)")
