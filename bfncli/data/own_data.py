@@ -54,14 +54,21 @@ def read_text_file(path: Path) -> Tensor:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as err:
+        raise UserError(f"cannot read the folder '{folder}': {err.strerror or err}") from None
+
+
 def _pictures_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [p for p in _entries(folder) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
 
 
 def _folder_layout(folder: Path) -> tuple[list[Path], tuple[str, ...], list[int]]:
     """The picture files of a folder, its class names (() for a flat folder) and each file's class."""
     files = _pictures_in(folder)
-    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subfolders = [p for p in _entries(folder) if p.is_dir() and not p.name.startswith(".")]
     if files:
         classes = [d for d in subfolders if _pictures_in(d)]  # other subfolders were always ignored
         if classes:
@@ -131,7 +138,7 @@ def _stamped(folder: Path) -> tuple[Path, tuple[int, ...]]:
     folder = Path(folder).resolve()
     if not folder.is_dir():
         raise UserError(f"--data '{folder}' is not a folder of images")
-    return folder, tuple(p.stat().st_mtime_ns for p in [folder, *sorted(folder.iterdir())] if p.is_dir())
+    return folder, tuple(p.stat().st_mtime_ns for p in [folder, *_entries(folder)] if p.is_dir())
 
 
 @lru_cache(maxsize=1)
