@@ -80,6 +80,7 @@ def main(argv=None):
             same = next((r for r in results if r["chosen"] == method.name and r["nfe"] == method.evaluations(steps)), None)
             if same is not None:  # auto picked a sampler already measured at this budget: same samples
                 results.append({**same, "sampler": name})
+                save(args, label, results)
                 continue
             start = time.perf_counter()
             samples = draw_samples(model, args.samples, method, steps, args.seed, args.batch_size, "cpu",
@@ -91,14 +92,18 @@ def main(argv=None):
             extra = f"  MMD2 {row['mmd2']:.5f} +- {row['mmd2_noise']:.5f}" if "mmd2" in row else ""
             print(f"{name:>6} ({method.name}) NFE {row['nfe']:>5}: {label} {row['value']:.4f} +- {row['noise']:.4f}"
                   f"{extra}  [{seconds:.1f} s]", file=sys.stderr, flush=True)
-            if args.json:
-                args.json.write_text(json.dumps({**settings(args), "measure": label, "results": results}, indent=1))
+            save(args, label, results)
 
     names = list(dict.fromkeys([*names, *(r["sampler"] for r in results)]))
     nfes = sorted({*nfes, *(r["nfe"] for r in results)})
     print(table(results, names, nfes, label))
     if args.plot:
         plot(results, names, label, args.plot, f"{cfg.data.dataset}: {args.samples} samples per point")
+
+
+def save(args, label: str, results: list) -> None:
+    if args.json:
+        args.json.write_text(json.dumps({**settings(args), "measure": label, "results": results}, indent=1))
 
 
 def settings(args) -> dict:
@@ -145,7 +150,10 @@ def plot(results, names, label, path, title):
                             marker="o", ms=3, capsize=2, label=name, lw=1.2 if name != "auto" else 2.5,
                             alpha=0.9 if name != "auto" else 0.5)
         ax.set_xscale("log")
-        if key != "value" or "FD" in label:
+        if key == "mmd2":  # unbiased: near zero and possibly negative for good samples
+            ax.set_yscale("symlog", linthresh=1e-4)
+            ax.axhline(0, color="grey", lw=0.8)
+        elif "FD" in label:
             ax.set_yscale("log")
         ax.set_xlabel("network evaluations (NFE)")
         ax.set_ylabel(what + (" (higher is better)" if "accuracy" in what else " (lower is better)"))
