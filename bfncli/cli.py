@@ -229,8 +229,8 @@ def eval_(
                         "conditional likelihood uses each example's own class")
     path = local_checkpoint(checkpoint)  # before torch is imported: a bad spec or download fails at once
     if samples is not None:
-        likelihood = [name for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size))
-                      if value is not None]
+        likelihood = [name for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size),
+                                               ("--class", class_)) if value is not None]
         if likelihood:
             raise UserError(f"{'/'.join(likelihood)} set the likelihood estimate, which --samples replaces by sample "
                             f"quality; drop {' '.join(likelihood)}")

@@ -331,6 +331,12 @@ def test_a_full_disk_while_logging_is_one_line(call, tmp_path):
     assert next((tmp_path / "runs" / "r" / "checkpoints").glob("step-00000002"))  # the last checkpoint is intact
 
 
+def test_a_batch_that_cannot_fit_in_memory_is_refused_before_the_run_exists(call, tmp_path):
+    result = _train(call, tmp_path, "--run-name", "big", "--set", "train.batch_size=400000000", "--max-steps", 1)
+    assert_one_line_error(result, "a micro-batch of 400000000 examples needs at least", "GiB", "train.accumulate")
+    assert not (tmp_path / "runs" / "big").exists()
+
+
 def test_a_bad_fault_injection_value(call, tmp_path):
     assert_one_line_error(_train(call, tmp_path, "--run-name", "r", "--max-steps", 2, env={"BFN_FAULT": "kill:x"}),
                           "BFN_FAULT", "kill:STEP")
