@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional, Union, get_args
 
 import yaml
-
-from bfncli import yaml_loader
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bfncli import yaml_loader
 from bfncli.errors import UserError
 
 DEFAULT_PRESET = "default"
@@ -68,7 +67,7 @@ def _accepts_bool(annotation: Any) -> bool:
     """Whether a field's type admits true/false (bool, Optional[bool], a Literal of booleans, ...)."""
     if annotation is bool:
         return True
-    return any(arg is bool or (isinstance(arg, bool)) or _accepts_bool(arg) for arg in get_args(annotation))
+    return any(arg is bool or isinstance(arg, bool) or _accepts_bool(arg) for arg in get_args(annotation))
 
 
 # --------------------------------------------------------------------------------------- data

@@ -72,6 +72,11 @@ class HubFile:
         return self.revision is not None and _COMMIT.fullmatch(self.revision) is not None
 
     @property
+    def moving(self) -> bool:
+        """Named by a branch or a tag: which commit that is now only the server can say."""
+        return self.revision is not None and not self.pinned
+
+    @property
     def url(self) -> str:
         from huggingface_hub import hf_hub_url
 
@@ -146,7 +151,7 @@ def fetch(spec: str) -> Path:
 def _from_cache(hub_file: HubFile) -> Optional[Path]:
     """The cached copy, found without any request; None if there is none, or if the spec names a
     branch or a tag (then the server says which commit that is now)."""
-    if hub_file.revision is not None and not hub_file.pinned:
+    if hub_file.moving:
         return None
     from huggingface_hub import try_to_load_from_cache
 
@@ -185,8 +190,11 @@ def _check_the_server_has_an_address(hub_file: HubFile) -> None:
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
                                              "all_proxy")):
         return  # a proxy resolves names this machine may not
-    if isinstance(try_to_load_from_cache(hub_file.repo_id, hub_file.path, revision=hub_file.revision), str):
-        return  # a branch or tag asked again: unreachable, the client falls back to the cached copy
+    # A branch or tag with a cached copy: unreachable, the client falls back to that copy. (For the
+    # other specs _from_cache has looked in the cache already.)
+    if hub_file.moving and isinstance(try_to_load_from_cache(hub_file.repo_id, hub_file.path,
+                                                             revision=hub_file.revision), str):
+        return
     host = urlsplit(constants.ENDPOINT).hostname
     if not host:
         return

@@ -8,6 +8,7 @@ class indices, discretized images (B, H, W, C) as floats at bin centres in [-1, 
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -118,7 +119,7 @@ class BFN(nn.Module):
         output is fixed there by the guard of sec. 4.1 (x_hat = 0, std = 1), whatever the network says."""
         if self.discrete or not self.flow.noise_pred:
             return None
-        d = int(torch.tensor(self.data_shape).prod())
+        d = math.prod(self.data_shape)
         zeros = torch.zeros(batch, d, device=device)
         return self.flow.output_distribution(torch.zeros(batch, d, 2, device=device), zeros, zeros[:, :1])
 

@@ -234,7 +234,7 @@ def find_latest(runs_dir: Path) -> Path:
             continue
         if problem is None:
             return path
-        if (path.parent / "manifest.json").exists():  # an unfinished write is not worth a word
+        if (path.parent / MANIFEST).exists():  # an unfinished write is not worth a word
             sys.stderr.write(f"skipping damaged checkpoint {path.parent}: {problem}\n")
     where = runs_dir if runs_dir.exists() else f"{runs_dir} (which does not exist)"
     raise UserError(f"no checkpoint found under {where}; train one with 'bfn train' or pass --checkpoint FILE")

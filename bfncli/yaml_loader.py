@@ -5,9 +5,10 @@ PyYAML follows YAML 1.1, where ``no``, ``off``, ``yes`` and ``on`` are booleans:
 ``true``/``false`` as booleans, so that words stay words; fields that are booleans still accept
 ``no``/``yes`` (pydantic reads those strings). Numbers are YAML 1.2's too: ``010`` is ten (not
 octal eight), ``1e-3`` is a number, ``1:30`` and ``2024-01-01`` are strings (not 90 and a date);
-``1_000_000`` keeps its underscores as digit separators, and ``0x``/``0o`` prefixes work. A key given twice in one mapping is an error
-instead of the second silently replacing the first (a second ``train:`` section would drop the
-first one's settings). Nothing is ever constructed from tags: this is ``yaml.SafeLoader`` underneath.
+``1_000_000`` keeps its underscores as digit separators, and ``0x``/``0o`` prefixes work.
+
+A key given twice in one mapping is an error instead of the second silently replacing the first (a
+second ``train:`` section would drop the first one's settings). Nothing is ever constructed from tags: this is ``yaml.SafeLoader`` underneath.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _YAML12_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)
 
 
 class StrictLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans and duplicate keys refused."""
+    """SafeLoader with YAML 1.2's booleans and numbers, and duplicate keys refused."""
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from bfncli.atomic_files import remove_stale_partials, write_text_atomic
 from bfncli.errors import UserError
-from bfncli.training_state import find_resumable, verify
+from bfncli.training_state import PREFIX, find_resumable, verify
 
 # Config fields that may change on resume: they do not alter the trajectory of the run.
 RESUMABLE_CHANGES = (
@@ -117,7 +117,7 @@ def never_got_anywhere(run_dir: Path) -> bool:
     """A run that stopped before its first checkpoint and validation: nothing of it is worth keeping,
     so its name is free again (its config and metrics are replaced)."""
     checkpoints = Path(run_dir) / "checkpoints"
-    has_checkpoint = checkpoints.is_dir() and any(p.name.startswith("step-") for p in checkpoints.iterdir())
+    has_checkpoint = checkpoints.is_dir() and any(p.name.startswith(PREFIX) for p in checkpoints.iterdir())
     return not has_checkpoint and not (Path(run_dir) / "best.safetensors").exists()
 
 

@@ -14,16 +14,17 @@ import math
 import os
 import sys
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from bfncli.atomic_files import remove_stale_partials, write_text_atomic
 from bfncli.config import BFNConfig, resolve_config
 from bfncli.errors import UserError
 from bfncli.jobs.data_order import DataOrder, mix
 from bfncli.jobs.fault_injection import Faults
-from bfncli.atomic_files import remove_stale_partials, write_text_atomic
 from bfncli.jobs.initial_weights import load_initial_weights
 from bfncli.jobs.run_directory import (
     append_metrics,
@@ -108,9 +109,9 @@ def run_training(
     initial = load_initial_weights(init, cfg, preset, runtime.is_main) if init else None
     run_dir, start_path = _on_main(runtime, lambda: choose_run_dir(Path(runs_dir), run_name, preset, resume, True))
     if start_path is not None:  # before any data is touched
-        from bfncli.checkpoint import read_info
+        from bfncli.checkpoint import RELEASE_NAME, read_info
 
-        stored = read_info(start_path / "model.safetensors").config.to_dict()
+        stored = read_info(start_path / RELEASE_NAME).config.to_dict()
         check_resumed_config(run_dir, stored, cfg.to_dict())
     train_set = load_split(cfg.data, "train", labels=labelled)
     val_set = load_split(cfg.data, "val", labels=labelled) if cfg.train.val_every <= cfg.train.steps else None
@@ -376,6 +377,17 @@ class Trainer:
                                      before_commit=lambda: self.faults.during_save(step))
         self.accelerator.wait_for_everyone()
 
+    @cached_property
+    def val_examples(self):
+        """The validation split, or with train.max_val_batches a random sample of it (text8: every
+        offset is an example), drawn once so that every validation compares like with like; never a
+        prefix of consecutive, overlapping windows."""
+        t = self.cfg.train
+        n = t.max_val_batches * t.val_batch_size
+        if t.max_val_batches > 0 and len(self.val_set) > n:
+            return _RandomSample(self.val_set, n, mix(t.seed, "val-sample"))
+        return self.val_set
+
     def _validate(self, step: int, state: dict[str, Any], metrics_file: Path) -> None:
         """The EMA weights' continuous-time loss on the validation split (what the official code
         validates with); the best one so far is kept as best.safetensors. The reconstruction loss
@@ -383,12 +395,7 @@ class Trainer:
         from bfncli.jobs.evaluate import estimate
 
         t = self.cfg.train
-        examples = self.val_set
-        if t.max_val_batches > 0 and len(examples) > t.max_val_batches * t.val_batch_size:
-            # Random windows (text8: every offset is an example), the same at every validation so
-            # that validations compare like with like; never a prefix of consecutive, overlapping ones.
-            examples = _RandomSample(examples, t.max_val_batches * t.val_batch_size, mix(t.seed, "val-sample"))
-        result = estimate(self.ema, examples, 0, t.val_repeats, t.val_batch_size, mix(t.seed, "val", step),
+        result = estimate(self.ema, self.val_examples, 0, t.val_repeats, t.val_batch_size, mix(t.seed, "val", step),
                           self.runtime, progress=False, classes="labels" if self.cfg.network.num_classes else None)
         loss = result["loss_mean"]
         best = state["best_val_loss"] is None or loss < state["best_val_loss"]

@@ -13,6 +13,7 @@ the Bayesian flow of the known data.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -28,7 +29,7 @@ StepCallback = Callable[[int, float, object, object], None]
 
 def draw_output(dist, noise: SampleNoise, data_shape: tuple[int, ...]) -> Tensor:
     """A draw of p_O over (B, D), using the per-example noise streams."""
-    d = int(torch.tensor(data_shape).prod())
+    d = math.prod(data_shape)
     kind = dist.noise_kind
     if kind is None:
         return dist.sample()
