@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from conftest import assert_one_line_error, run_bfn
+from conftest import IMAGE, assert_one_line_error, run_bfn
 from safetensors.torch import save_file
 
 from bfncli.config import DataConfig
@@ -238,8 +238,6 @@ def test_image_quality_of_binary_images(tmp_path):
 
 
 # ------------------------------------------------------------------------ the command
-IMAGE = ["--set", "network.embedding_dim=16", "--set", "network.n_blocks=1", "--set", "network.norm_groups=4",
-         "--set", "network.output_adapter.input_height=17", "--set", "train.batch_size=8"]
 TEXT = ["network.n_layer=1", "network.n_embd=32", "network.input_adapter.output_size=32"]
 
 

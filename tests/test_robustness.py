@@ -18,14 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, ckpt, run_bfn
+from conftest import IMAGE, assert_one_line_error, ckpt, run_bfn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from bfncli.checkpoint import CHECKSUM, tensors_checksum
 
-TINY = ["--set", "network.embedding_dim=16", "--set", "network.n_blocks=1", "--set", "network.norm_groups=4",
-        "--set", "network.output_adapter.input_height=17", "--set", "train.batch_size=8"]
+TINY = IMAGE  # the tiny image network of the shared runs
 
 
 def _rewrite(path: Path, tensors=None, **meta_changes):
