@@ -38,7 +38,9 @@ def parse_samples(data: bytes, where: str) -> tuple[dict[str, Tensor], dict[str,
     from safetensors.torch import load
 
     if not data:
-        raise UserError(f"{where} is empty; pipe samples in (bfn sample | bfn render) or give a samples file")
+        hint = ("pipe samples in (bfn sample | bfn render) or give a samples file" if where == "standard input"
+                else "draw samples into it with bfn sample -o FILE")
+        raise UserError(f"{where} is empty; {hint}")
     try:
         size = struct.unpack("<Q", data[:8])[0]
         header = json.loads(data[8 : 8 + size]) if 8 + size <= len(data) else None
