@@ -21,7 +21,8 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from bfncli import __version__
 from bfncli.errors import Interrupted, UserError, raise_interrupted
-from bfncli.hub import HUB_SPEC_HELP, local_checkpoint
+from bfncli.hub import HUB_SPEC_HELP, is_hub_spec
+from bfncli.specs import local_checkpoint
 
 app = typer.Typer(
     name="bfn",
@@ -381,7 +382,7 @@ def render(
   [dim]# a released file from the Hub (mnist, cifar10-256d, ..., text8), into ./mnist_ema.safetensors[/dim]
   bfn convert official:mnist
 
-  bfn convert hf://OWNER/REPO/mine_ema.pt@v1 --official-config mine.yaml -o mine.safetensors
+  bfn convert hf://OWNER/REPO@v1/mine_ema.pt --official-config mine.yaml -o mine.safetensors
 """,
 )
 def convert(
@@ -395,9 +396,13 @@ def convert(
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
 ) -> None:
     """Convert official .pt checkpoints to bfn safetensors, and back."""
+    from bfncli.specs import fetch
+
+    path = fetch(source)  # before torch is imported: a bad spec or download fails at once
     from bfncli.convert import run_convert
 
-    run_convert(source=source, output=output, preset=preset, official_config=official_config, sets=sets, force=force)
+    run_convert(source=path, output=output, preset=preset, official_config=official_config, sets=sets, force=force,
+                downloaded=is_hub_spec(source))
 
 
 # -------------------------------------------------------------------------------- main

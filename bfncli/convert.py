@@ -242,31 +242,30 @@ def recognise(tensors: dict[str, Tensor], filename: str) -> str:
 
 # ------------------------------------------------------------------------------ the command
 def run_convert(
-    source: str | Path,
+    source: Path,
     output: Optional[Path] = None,
     preset: Optional[str] = None,
     official_config: Optional[Path] = None,
     sets: Optional[list[str]] = None,
     force: bool = False,
+    downloaded: bool = False,
 ) -> Path:
-    """Convert a local file or a Hub spec (hf://..., official:NAME: the file as released is downloaded
-    and converted like a local one, by default into the current folder rather than into the cache)."""
-    from bfncli.hub import fetch, is_hub_spec
-
-    remote = is_hub_spec(str(source))
-    source = fetch(str(source))
+    """Convert a local file either way. ``downloaded``: it came from the Hub (bfncli/specs.py fetched
+    it), so the default output goes into the current folder rather than into the download cache."""
+    source = Path(source)
     if source.suffix == ".safetensors":
         if preset or official_config:
             raise UserError("--preset/--official-config describe official .pt files; a bfn checkpoint carries its config")
-        return to_official(source, output or _beside(source, ".pt", remote), force)
+        return to_official(source, output or _beside(source, ".pt", downloaded), force)
     if preset and official_config:
         raise UserError("give either --preset or --official-config, not both")
-    return to_bfn(source, output or _beside(source, ".safetensors", remote), preset, official_config, sets or [], force)
+    return to_bfn(source, output or _beside(source, ".safetensors", downloaded), preset, official_config, sets or [],
+                  force)
 
 
-def _beside(source: Path, suffix: str, remote: bool) -> Path:
+def _beside(source: Path, suffix: str, downloaded: bool) -> Path:
     """The default output: beside a local input; in the current folder for a downloaded one."""
-    return Path(source.name).with_suffix(suffix) if remote else source.with_suffix(suffix)
+    return Path(source.name).with_suffix(suffix) if downloaded else source.with_suffix(suffix)
 
 
 def _check_output(output: Path, force: bool) -> None:

@@ -1,32 +1,34 @@
-"""Checkpoints by name: a local file, a file on the Hugging Face Hub, or the paper's released weights.
+"""Files on the Hugging Face Hub: what a spec names, and downloading it into huggingface_hub's cache.
 
-Every option that takes a checkpoint takes a *spec*:
+A spec names a file in one of these ways:
 
-    PATH                              a local file, used as it is (no network, huggingface_hub not
-                                      even imported)
-    hf://OWNER/REPO/PATH[@REVISION]   a file of a Hub model repository; PATH may contain folders,
-                                      REVISION is a branch, a tag or a full 40-character commit hash
-    official:NAME[@REVISION]          a released file of the paper (rupspace/pretrained-BFNs); NAME is
+    hf://OWNER/REPO@REVISION/PATH     a file of a Hub repository, in the Hub's own URI form (as
+                                      huggingface_hub.utils.parse_hf_uri reads it): @REVISION (a
+                                      branch, a tag or a 40-character commit hash) may be left out;
+                                      PATH may contain folders; hf://datasets/OWNER/REPO/... and
+                                      hf://spaces/... name other kinds of repository
+    https://huggingface.co/OWNER/REPO/blob/REVISION/PATH
+                                      the same file's address, as copied from its page on the Hub
+                                      (or from the server HF_ENDPOINT names)
+    official:NAME@REVISION            a released file of the paper (rupspace/pretrained-BFNs); NAME is
                                       the bfn preset of the same experiment (see OFFICIAL_FILES)
 
+Earlier bfn wrote hf://OWNER/REPO/PATH@REVISION. On the Hub that names a file called 'PATH@REVISION',
+so it is refused, with the spelling that means what was meant.
+
 Downloads go through ``huggingface_hub`` into its standard cache, so HF_HOME, HF_HUB_CACHE,
-HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE mean what they always mean: nothing here sets them.
-
-An official ``.pt`` is converted once, by ``bfn convert``'s own code (the preset recognised from the
-file name and the tensors, the pickle read with ``weights_only``), and the bfn checkpoint is kept
-beside the download, in the snapshot folder of the commit it came from:
-
-    $HF_HOME/hub/models--rupspace--pretrained-BFNs/snapshots/<commit>/mnist_ema.pt   (the download)
-    $HF_HOME/hub/models--rupspace--pretrained-BFNs/snapshots/<commit>/mnist_ema.pt.bfn-0.1.0.safetensors
-
-A commit fixes a file's content (its ETag), so the converted file is keyed by commit and path, and by
-the bfn version that converted it (a newer bfn converts again, in case its presets changed). It is
-written atomically; ``hf cache`` lists it with its revision and deletes it with it.
+HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE, HF_HUB_ETAG_TIMEOUT and HF_HUB_DOWNLOAD_TIMEOUT mean what
+they always mean: nothing here sets them. The cache stays a cache: a revision must be a plain
+branch, tag or commit name before anything is asked, what the server answers must not name paths
+outside the cache (bfncli/hub_http.py), and the file a download produces must lie inside it.
 
 When is the server asked? A spec without a revision, or with a commit hash, is served from the cache
 when the file is there: no request at all. Naming a branch or a tag (``@main``) asks the server which
 commit it points to now (one small request) and downloads the file only if it changed: that is how
 to refresh a cached copy. With HF_HUB_OFFLINE=1 the server is never asked.
+
+This module knows the Hub only; bfncli/specs.py turns a spec into a checkpoint file (checking the
+download, converting an official ``.pt``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional
+from urllib.parse import quote
 
 from bfncli.errors import UserError
 
@@ -50,22 +53,26 @@ OFFICIAL_FILES = {  # official:NAME -> the released file; NAME is bfn's preset f
     "text8": "text8_ema.pt",
 }
 # (no square brackets: the help is rich markup)
-HUB_SPEC_HELP = "hf://OWNER/REPO/FILE with an optional @REVISION, or official:NAME with NAME one of " + ", ".join(
-    OFFICIAL_FILES)
+HUB_SPEC_HELP = ("hf://OWNER/REPO@REVISION/FILE (@REVISION optional; a file's https://huggingface.co/... address "
+                 "works too), or official:NAME with NAME one of " + ", ".join(OFFICIAL_FILES))
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth")
+REPO_TYPES = ("model", "dataset", "space")  # the kinds of repository hf_hub_download reads files of
+EXAMPLE = f"hf://{OFFICIAL_REPO}@main/mnist_ema.pt"
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a Hub owner or repository name
+_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?")  # the Hub's rule for an owner or a name
 _COMMIT = re.compile(r"[0-9a-f]{40}")  # only a full hash names content that can never change
+_SPECIAL_REF = re.compile(r"refs/(?:convert/[\w.-]+|pr/\d+)")  # revisions the Hub's URIs keep with their '/'
 
 
 @dataclass(frozen=True)
 class HubFile:
-    """One file of a Hub model repository at a revision (None: the cached copy, else main)."""
+    """One file of a Hub repository at a revision (None: the cached copy, else main)."""
 
     spec: str  # as the user wrote it, for messages
     repo_id: str
     path: str
     revision: Optional[str]
+    repo_type: str = "model"
 
     @property
     def pinned(self) -> bool:
@@ -80,12 +87,25 @@ class HubFile:
     def url(self) -> str:
         from huggingface_hub import hf_hub_url
 
-        return hf_hub_url(self.repo_id, self.path, revision=self.revision)
+        return hf_hub_url(self.repo_id, self.path, revision=self.revision, repo_type=self.repo_type)
+
+    @property
+    def uri(self) -> str:
+        """The canonical hf:// spelling (what 'hf cache rm' takes, with the kind of repository)."""
+        kind = "" if self.repo_type == "model" else f"{self.repo_type}s/"
+        return f"hf://{kind}{self.repo_id}{at_revision(self.revision)}/{self.path}"
+
+
+def at_revision(revision: Optional[str]) -> str:
+    """'@REVISION' as the Hub's URIs write it ('/' as %2F except in refs/pr/N), '' for none."""
+    if revision is None:
+        return ""
+    return "@" + (revision if _SPECIAL_REF.fullmatch(revision) else quote(revision, safe=""))
 
 
 # ---------------------------------------------------------------------------------- specs
 def is_hub_spec(spec: str) -> bool:
-    return spec.startswith(("hf://", "official:"))
+    return spec.startswith(("hf://", "official:", "https://", "http://"))
 
 
 def parse_spec(spec: str) -> Optional[HubFile]:
@@ -93,88 +113,230 @@ def parse_spec(spec: str) -> Optional[HubFile]:
     if spec.startswith("official:"):
         name, at, revision = spec[len("official:"):].partition("@")
         if name not in OFFICIAL_FILES:
-            raise UserError(f"unknown released checkpoint '{spec}'; the released ones are "
+            raise UserError(f"unknown released checkpoint '{shown(spec)}'; the released ones are "
                             + ", ".join(f"official:{n}" for n in OFFICIAL_FILES))
-        return _checked(HubFile(spec, OFFICIAL_REPO, OFFICIAL_FILES[name], revision if at else None), at)
-    if not spec.startswith("hf://"):
+        if at:
+            _check_revision(spec, revision)
+        return _checked(HubFile(spec, OFFICIAL_REPO, OFFICIAL_FILES[name], revision if at else None))
+    if not is_hub_spec(spec):
         return None
-    owner, _, rest = spec[len("hf://"):].partition("/")
-    repo, _, rest = rest.partition("/")
-    path, at, revision = rest.partition("@")
-    if "@" in repo:
-        _bad(spec, "the revision goes at the end, after the file")
-    if not _NAME.fullmatch(owner) or not _NAME.fullmatch(repo) or not path:
-        _bad(spec, "it needs an owner, a repository and a file")
-    return _checked(HubFile(spec, f"{owner}/{repo}", path, revision if at else None), at)
+    from huggingface_hub.errors import HfUriError
+    from huggingface_hub.utils import parse_hf_uri
+
+    if not spec.isprintable():  # control characters: say so before any part is shown
+        _bad(spec, "it contains a control character")
+    endpoint = _endpoint_or_none()
+    try:
+        uri = parse_hf_uri(spec, endpoint=endpoint)
+    except HfUriError as err:
+        if not spec.startswith("hf://") and "Unrecognized host" in err.msg:
+            raise UserError(f"'{shown(spec)}' is not the address of a file on the Hub (neither huggingface.co nor "
+                            f"HF_ENDPOINT={endpoint}): download it yourself and give its path") from None
+        _bad(spec, _which_part(spec, err.msg))
+    if uri.type not in REPO_TYPES:
+        _bad(spec, f"it names a {uri.type}, not a file of a {', '.join(REPO_TYPES[:-1])} or {REPO_TYPES[-1]} "
+                   "repository")
+    path, revision = uri.path_in_repo, uri.revision
+    if revision is not None:
+        _check_revision(spec, revision)
+    old = _old_spelling(path)
+    if old is not None:
+        name, old_revision = old
+        _check_revision(spec, old_revision)
+        if revision is not None:
+            _bad(spec, f"it names two revisions ('{shown(revision)}' and '{shown(old_revision)}')")
+        canonical = HubFile(spec, uri.id, name, old_revision, uri.type).uri
+        raise UserError(f"'{shown(spec)}' names a file called '{shown(path)}'; the revision goes right after the "
+                        f"repository: write {shown(canonical)}")
+    if not path:
+        _bad(spec, f"it names the repository {uri.id} but no file in it")
+    return _checked(HubFile(spec, uri.id, path, revision, uri.type))
 
 
-def _checked(hub_file: HubFile, at: str) -> HubFile:
-    parts = PurePosixPath(hub_file.path).parts
-    if hub_file.path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        _bad(hub_file.spec, f"'{hub_file.path}' is not a file path inside the repository")
-    if at and not hub_file.revision:
-        _bad(hub_file.spec, "nothing follows '@': give a branch, a tag or a commit hash")
-    if not hub_file.path.endswith(CHECKPOINT_SUFFIXES):
-        _bad(hub_file.spec, f"'{hub_file.path}' is not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+def _old_spelling(path: str) -> Optional[tuple[str, str]]:
+    """(FILE, REVISION) of bfn's earlier FILE@REVISION, when that is the only way to read a path."""
+    if "@" not in path or path.endswith(CHECKPOINT_SUFFIXES):
+        return None  # a file whose name holds an '@' (hf://o/r/w@2.pt) is that file
+    name, _, revision = path.partition("@")
+    return (name, revision) if name.endswith(CHECKPOINT_SUFFIXES) else None
+
+
+def _check_revision(spec: str, revision: str) -> None:
+    """A branch, a tag or a commit hash, by git's rules for names (git check-ref-format) and one more:
+    no '@', which a spec uses to mark the revision. The client writes refs/REVISION into the cache,
+    so this runs before anything is requested."""
+    why = None
+    if not revision:
+        why = "it is empty: give a branch, a tag or a commit hash"
+    elif not revision.isprintable():
+        why = "it contains a control character"
+    elif "@" in revision:
+        why = "it contains '@': a spec names one revision, after the repository"
+    elif ".." in revision:
+        why = "it contains '..'"
+    elif any(c in revision for c in " ~^:?*[\\"):
+        why = f"it contains '{next(c for c in revision if c in ' ~^:?*[' + chr(92))}'"
+    elif revision.startswith("/") or revision.endswith("/") or "//" in revision:
+        why = "'/' may separate its parts, never begin, end or double them"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in revision.split("/")) or revision.endswith("."):
+        why = "no part of it may begin with '.' or end with '.lock', nor may it end with '.'"
+    if why:
+        _bad(spec, f"the revision '{shown(revision)}' is not a branch, a tag or a commit hash ({why})")
+
+
+def _checked(hub_file: HubFile) -> HubFile:
+    path = hub_file.path
+    if not path.isprintable():
+        _bad(hub_file.spec, "the file path contains a control character")
+    if "\\" in path:
+        _bad(hub_file.spec, f"the file path '{path}' contains '\\': folders are separated by '/'")
+    if path.startswith("/") or any(p in ("", ".", "..") for p in path.split("/")):
+        _bad(hub_file.spec, f"'{path}' is not a file path inside the repository")
+    if not path.endswith(CHECKPOINT_SUFFIXES):
+        _bad(hub_file.spec, f"'{path}' is not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
     return hub_file
 
 
+def _which_part(spec: str, reason: str) -> str:
+    """Which of owner and repository is invalid (parse_hf_uri says it of 'OWNER/REPO' as a whole)."""
+    body = spec.split("://", 1)[1] if spec.startswith("hf://") else ""
+    parts = body.split("/")
+    if parts and parts[0] in ("models", "datasets", "spaces", "kernels", "buckets"):
+        parts = parts[1:]
+    if len(parts) < 2 or not parts[1]:
+        return "it needs an owner, a repository and a file"
+    if body:
+        for what, name in (("owner", parts[0]), ("repository name", parts[1].split("@")[0])):
+            if not name:
+                return f"the {what} is missing; it needs an owner, a repository and a file"
+            if not _NAME.fullmatch(name) or "--" in name or ".." in name:
+                return (f"the {what} '{shown(name)}' is not a valid Hub name (ASCII letters, digits, '-', '_' and "
+                        "'.', not starting or ending with '-' or '.', no '--' or '..', at most 96 characters)")
+    return reason.rstrip(". ")
+
+
 def _bad(spec: str, why: str) -> None:
-    raise UserError(f"'{spec}' is not a Hub checkpoint: {why}; write hf://OWNER/REPO/FILE[@REVISION], "
-                    f"e.g. hf://{OFFICIAL_REPO}/mnist_ema.pt@main")
+    form = ("official:NAME@REVISION (@REVISION optional), e.g. official:mnist@main" if spec.startswith("official:")
+            else f"hf://OWNER/REPO@REVISION/FILE (@REVISION optional), e.g. {EXAMPLE}")
+    raise UserError(f"'{shown(spec)}' is not a Hub checkpoint: {why}; write {form}")
 
 
-# ---------------------------------------------------------------------------- resolving
-def local_checkpoint(spec: Optional[str]) -> Optional[Path]:
-    """The local bfn ``.safetensors`` file a checkpoint spec names: a path as it is, a Hub file
-    downloaded (or found in the cache) and, if it is an official ``.pt``, converted once.
-    None stays None (the command's own default)."""
-    if spec is None:
+def shown(text: str) -> str:
+    """Text for a one-line message: control characters escaped."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+# ------------------------------------------------------------------------------- endpoint
+def _endpoint_or_none() -> Optional[str]:
+    """HF_ENDPOINT if it is a usable address (then its file addresses are recognised too)."""
+    try:
+        return check_endpoint()
+    except UserError:
         return None
-    hub_file = parse_spec(spec)
-    if hub_file is None:
-        return Path(spec)
-    download = _from_cache(hub_file) or _download(hub_file)
-    if download.suffix == ".safetensors":  # a bfn checkpoint: its loader verifies it
-        return download
-    return converted(hub_file, download)
 
 
-def fetch(spec: str) -> Path:
-    """The file a spec names, as released (no conversion): what ``bfn convert SPEC`` starts from."""
-    hub_file = parse_spec(spec)
-    if hub_file is None:
-        return Path(spec)
-    return _from_cache(hub_file) or _download(hub_file)
+def check_endpoint() -> str:
+    """The Hub's address (HF_ENDPOINT, or huggingface.co), or a one-line error naming the variable."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint, why = constants.ENDPOINT, None
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number
+        if parts.scheme not in ("http", "https"):
+            why = "it does not start with https:// or http://"
+        elif not parts.hostname:
+            why = "it names no host"
+    except ValueError as err:
+        why = str(err)
+    if why:
+        raise UserError(f"HF_ENDPOINT={shown(os.environ.get('HF_ENDPOINT', endpoint))!r} is not the address of a Hub "
+                        f"({why}); set it to one like https://huggingface.co, or unset it")
+    return endpoint
 
 
-def _from_cache(hub_file: HubFile) -> Optional[Path]:
+# ------------------------------------------------------------------------------ the cache
+def cached(hub_file: HubFile) -> Optional[Path]:
     """The cached copy, found without any request; None if there is none, or if the spec names a
     branch or a tag (then the server says which commit that is now)."""
     if hub_file.moving:
         return None
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(hub_file.repo_id, hub_file.path, revision=hub_file.revision)
+    found = try_to_load_from_cache(hub_file.repo_id, hub_file.path, revision=hub_file.revision,
+                                   repo_type=hub_file.repo_type)
     if not isinstance(found, str):  # not cached, or cached as missing: ask the server again
         return None
-    _say(f"{hub_file.spec}: using the cached copy (commit {_commit_dir(hub_file, Path(found)).name[:12]})")
-    return Path(found)
+    path = _inside_the_cache(hub_file, Path(found))
+    say(f"{shown(hub_file.spec)}: using the cached copy (commit {commit_dir(hub_file, path).name[:12]})")
+    return path
 
 
-def _download(hub_file: HubFile) -> Path:
+def commit_dir(hub_file: HubFile, download: Path) -> Path:
+    """CACHE/models--OWNER--REPO/snapshots/COMMIT of a downloaded CACHE/.../COMMIT/PATH."""
+    return download.parents[len(PurePosixPath(hub_file.path).parts) - 1]
+
+
+def lock_for(hub_file: HubFile, download: Path, name: str) -> Path:
+    """A lock file for work on a cached download (CACHE/.locks/REPO_FOLDER/COMMIT-NAME.lock)."""
+    folder = commit_dir(hub_file, download)
+    return folder.parents[2] / ".locks" / folder.parents[1].name / f"{folder.name}-{name}.lock"
+
+
+def forget(download: Path) -> None:
+    """Remove a cached download (its blob and the snapshot's link to it), e.g. one that is damaged."""
+    blob = download.resolve()
+    for path in (download, blob):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _inside_the_cache(hub_file: HubFile, path: Path) -> Path:
+    """The path, if it and the blob it links to lie in the cache; a one-line refusal otherwise."""
+    from huggingface_hub import constants
+
+    cache = Path(constants.HF_HUB_CACHE).resolve()
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        if cache not in candidate.parents:
+            raise UserError(f"{shown(hub_file.spec)}: the download produced '{shown(str(candidate))}', which is "
+                            f"outside the download cache {cache}; refused (check HF_ENDPOINT and HF_HUB_CACHE)", 1)
+    return path
+
+
+# ------------------------------------------------------------------------------ downloads
+def download(hub_file: HubFile, force: bool = False) -> Path:
+    """The file, downloaded into the cache (or found there, for a branch or a tag that did not move);
+    ``force``: download it again even if it is cached."""
     import httpx2
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import constants, hf_hub_download
 
     from bfncli import __version__
+    from bfncli.hub_http import ServerSilent, UnsafeAnswer, guarded_downloads
 
-    _check_the_server_has_an_address(hub_file)
+    if not constants.is_offline_mode():
+        check_endpoint()
+        _check_the_server_has_an_address(hub_file)
     try:
-        with _quiet_retries():
-            return Path(hf_hub_download(hub_file.repo_id, hub_file.path, revision=hub_file.revision,
-                                        library_name="bfn", library_version=__version__))
+        with _quiet_retries(), guarded_downloads():
+            found = hf_hub_download(hub_file.repo_id, hub_file.path, revision=hub_file.revision,
+                                    repo_type=hub_file.repo_type, force_download=force, library_name="bfn",
+                                    library_version=__version__)
+    except UnsafeAnswer as err:
+        raise UserError(f"{shown(hub_file.spec)}: {constants.ENDPOINT} answered {err.what} {shown(err.value)!r}, "
+                        f"which would put the download outside the download cache ({constants.HF_HUB_CACHE}); "
+                        "refused before anything was written: is HF_ENDPOINT a Hub you trust?", 1) from None
+    except ServerSilent as err:
+        raise UserError(f"cannot download {shown(hub_file.spec)}: {err.host} did not answer ({err.tries} tries, "
+                        f"{err.wait:g} s each): the server is down or busy, or HF_ENDPOINT does not point to a Hub; try "
+                        "again later (HF_HUB_ETAG_TIMEOUT and HF_HUB_DOWNLOAD_TIMEOUT set the wait), or "
+                        f"{_by_hand(hub_file)}", 1) from None
     except (OSError, ValueError, httpx2.HTTPError) as err:  # everything the client raises, see _explain
         raise _explain(err, hub_file) from None
+    return _inside_the_cache(hub_file, Path(found))
 
 
 def _check_the_server_has_an_address(hub_file: HubFile) -> None:
@@ -185,26 +347,23 @@ def _check_the_server_has_an_address(hub_file: HubFile) -> None:
 
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if constants.is_offline_mode():
-        return  # the client answers from the cache or says it may not ask
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
                                              "all_proxy")):
         return  # a proxy resolves names this machine may not
     # A branch or tag with a cached copy: unreachable, the client falls back to that copy. (For the
-    # other specs _from_cache has looked in the cache already.)
+    # other specs the caller has looked in the cache already.)
     if hub_file.moving and isinstance(try_to_load_from_cache(hub_file.repo_id, hub_file.path,
-                                                             revision=hub_file.revision), str):
+                                                             revision=hub_file.revision,
+                                                             repo_type=hub_file.repo_type), str):
         return
     host = urlsplit(constants.ENDPOINT).hostname
-    if not host:
-        return
     try:
         socket.getaddrinfo(host, None)
     except (socket.gaierror, UnicodeError) as err:
-        raise UserError(f"cannot download {hub_file.spec}: the name {host} does not resolve ({err.strerror or err}; "
-                        f"no network, or a wrong HF_ENDPOINT) and the file is not in the download cache "
-                        f"({constants.HF_HUB_CACHE}): check the connection and try again, or {_by_hand(hub_file)}",
-                        1) from None
+        raise UserError(f"cannot download {shown(hub_file.spec)}: the name {host} does not resolve "
+                        f"({getattr(err, 'strerror', None) or err}; no network, or a wrong HF_ENDPOINT) and the file "
+                        f"is not in the download cache ({constants.HF_HUB_CACHE}): check the connection and try "
+                        f"again, or {_by_hand(hub_file)}", 1) from None
 
 
 class _quiet_retries:
@@ -223,58 +382,6 @@ class _quiet_retries:
         return False
 
 
-# ---------------------------------------------------------------------- converting .pt files
-def converted(hub_file: HubFile, download: Path) -> Path:
-    """The bfn checkpoint of a downloaded official ``.pt``, converted once and kept beside it."""
-    from bfncli import __version__
-
-    target = download.with_name(f"{download.name}.bfn-{__version__}.safetensors")
-    if target.exists():
-        return target
-    from huggingface_hub.utils import WeakFileLock
-
-    commit_dir = _commit_dir(hub_file, download)
-    repo_dir, cache_dir = commit_dir.parents[1], commit_dir.parents[2]
-    lock = cache_dir / ".locks" / repo_dir.name / f"{commit_dir.name}-{target.name}.lock"
-    try:
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with WeakFileLock(lock):  # several processes (accelerate launch) convert it once
-            if not target.exists():
-                _convert(hub_file, download, target)
-        for older in download.parent.glob(f"{download.name}.bfn-*.safetensors"):  # from another bfn version
-            if older != target:
-                older.unlink(missing_ok=True)
-    except OSError as err:  # a read-only or full cache
-        raise UserError(f"cannot convert {hub_file.spec} in the download cache {cache_dir} ({err.strerror or err}); "
-                        f"convert it elsewhere: bfn convert {hub_file.spec} -o model.safetensors, then give that "
-                        "file", 1) from None
-    return target
-
-
-def _commit_dir(hub_file: HubFile, download: Path) -> Path:
-    """CACHE/models--OWNER--REPO/snapshots/COMMIT of a downloaded CACHE/.../COMMIT/PATH."""
-    return download.parents[len(PurePosixPath(hub_file.path).parts) - 1]
-
-
-def _convert(hub_file: HubFile, download: Path, target: Path) -> None:
-    from bfncli.atomic_files import remove_stale_partials
-    from bfncli.convert import read_official, recognise, to_bfn
-
-    by_hand = f"bfn convert {hub_file.spec} -o model.safetensors"
-    remove_stale_partials(target.parent)  # a conversion killed half-way
-    try:
-        preset = recognise(read_official(download), download.name)
-    except UserError as err:
-        raise UserError(f"cannot convert {hub_file.spec} on the fly: {err} (by hand: {by_hand} with "
-                        "--preset NAME or --official-config FILE.yaml, then give that file)", err.exit_code) from None
-    _say(f"{hub_file.spec}: converting {download.name} (recognised as preset '{preset}') to a bfn checkpoint, "
-         "once: it is kept beside the download")
-    try:
-        to_bfn(download, target, preset, official_config=None, sets=[], force=True, environ={})
-    except UserError as err:  # the cache folder is read-only or full
-        raise UserError(f"{err}; or convert it elsewhere: {by_hand}", err.exit_code) from None
-
-
 # ------------------------------------------------------------------------------- failures
 def _explain(err: Exception, hub_file: HubFile) -> UserError:
     """One line for each way a download fails: what happened, and what to do."""
@@ -283,7 +390,7 @@ def _explain(err: Exception, hub_file: HubFile) -> UserError:
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
-    spec, repo, url, endpoint = hub_file.spec, hub_file.repo_id, hub_file.url, constants.ENDPOINT
+    spec, repo, url, endpoint = shown(hub_file.spec), hub_file.repo_id, hub_file.url, constants.ENDPOINT
     reason = _first_line(err.__cause__ or err)
     by_hand = _by_hand(hub_file)
     has_token = get_token() is not None  # from HF_TOKEN, or stored by 'hf auth login'
@@ -325,10 +432,10 @@ def _explain(err: Exception, hub_file: HubFile) -> UserError:
 def _by_hand(hub_file: HubFile) -> str:
     name = PurePosixPath(hub_file.path).name
     if name.endswith(".safetensors"):
-        return f"download {hub_file.url} yourself and give that file instead of '{hub_file.spec}'"
+        return f"download {hub_file.url} yourself and give that file instead of '{shown(hub_file.spec)}'"
     stem = name.rsplit(".", 1)[0]
     return (f"download {hub_file.url} yourself, run 'bfn convert {name} -o {stem}.safetensors' and give "
-            f"{stem}.safetensors instead of '{hub_file.spec}'")
+            f"{stem}.safetensors instead of '{shown(hub_file.spec)}'")
 
 
 def _first_line(err: BaseException) -> str:
@@ -337,6 +444,6 @@ def _first_line(err: BaseException) -> str:
     return line[:200]
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     if os.environ.get("RANK", "0") == "0":  # under accelerate/torchrun, once
         sys.stderr.write(message + "\n")

@@ -17,13 +17,14 @@ import pytest
 import torch
 from conftest import CONFORMANCE, assert_one_line_error, run_bfn
 from hub_server import FakeHub, Repo, commit_hash
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 
 from bfncli import __version__
 from bfncli.checkpoint import save_checkpoint
 from bfncli.config import resolve_config
 from bfncli.errors import UserError
-from bfncli.hub import HubFile, converted, parse_spec
+from bfncli.hub import HubFile, parse_spec
+from bfncli.specs import converted
 
 OFFICIAL = "rupspace/pretrained-BFNs"
 FIRST, SECOND, THIRD = commit_hash("first"), commit_hash("second"), commit_hash("third")
@@ -49,7 +50,7 @@ def env_for(hub, home: Path, **more) -> dict:
 
 def resolve(spec: str, env: dict) -> Path:
     """bfncli.hub.local_checkpoint in a fresh process (huggingface_hub reads its settings at import)."""
-    script = "import sys; from bfncli.hub import local_checkpoint; print(local_checkpoint(sys.argv[1]))"
+    script = "import sys; from bfncli.specs import local_checkpoint; print(local_checkpoint(sys.argv[1]))"
     result = subprocess.run([sys.executable, "-c", script, spec], capture_output=True, text=True, timeout=120,
                             env={**os.environ, **env})
     assert result.returncode == 0, result.stderr
@@ -63,6 +64,11 @@ def bfn_without_pauses(*args, env: dict):
                           timeout=120, env={**os.environ, **env})
 
 
+def st(tag: str, size: int = 4) -> bytes:
+    """A small, whole safetensors file, told apart by its tag."""
+    return save({"w": torch.arange(size, dtype=torch.float32)}, metadata={"tag": tag})
+
+
 def requests_made(hub) -> list:
     """What the client asked the Hub for (its once-a-day look-up of agent names aside)."""
     return [r for r in hub.requests if r[1] != "/api/agent-harnesses"]
@@ -71,8 +77,12 @@ def requests_made(hub) -> list:
 # ------------------------------------------------------------------------------ the grammar
 @pytest.mark.parametrize("spec, repo, path, revision", [
     ("hf://rupspace/pretrained-BFNs/mnist_ema.pt", OFFICIAL, "mnist_ema.pt", None),
-    ("hf://me/my-bfn/runs/a/model.safetensors@refs/pr/1", "me/my-bfn", "runs/a/model.safetensors", "refs/pr/1"),
-    (f"hf://me/my.bfn/x.pt@{FIRST}", "me/my.bfn", "x.pt", FIRST),
+    ("hf://me/my-bfn@refs/pr/1/runs/a/model.safetensors", "me/my-bfn", "runs/a/model.safetensors", "refs/pr/1"),
+    (f"hf://me/my.bfn@{FIRST}/x.pt", "me/my.bfn", "x.pt", FIRST),
+    ("hf://me/r/w@2.safetensors", "me/r", "w@2.safetensors", None),  # an '@' in a file name is the file's
+    ("hf://me/r@feature%2Fx/m.pt", "me/r", "m.pt", "feature/x"),
+    ("https://huggingface.co/rupspace/pretrained-BFNs/blob/main/mnist_ema.pt", OFFICIAL, "mnist_ema.pt", "main"),
+    ("https://huggingface.co/me/r/resolve/v1/a/m.pt?download=true", "me/r", "a/m.pt", "v1"),
     ("official:text8", OFFICIAL, "text8_ema.pt", None),
     ("official:cifar10-16c@v1", OFFICIAL, "cifar10_16c_ema.pt", "v1"),
 ])
@@ -82,22 +92,38 @@ def test_specs_name_a_repository_file_and_revision(spec, repo, path, revision):
 
 @pytest.mark.parametrize("spec, needle", [
     ("hf://only-owner", "needs an owner, a repository and a file"),
-    ("hf://owner/repo", "needs an owner, a repository and a file"),
-    ("hf://owner/repo@main/x.pt", "the revision goes at the end"),
+    ("hf://owner/repo", "names the repository owner/repo but no file in it"),
     ("hf://owner/repo/config.yaml", "is not a checkpoint"),
     ("hf://owner/repo/../x.pt", "not a file path inside the repository"),
-    ("hf://owner/repo/x.pt@", "nothing follows '@'"),
+    ("hf://owner/repo@/x.pt", "Empty revision after '@'"),
+    ("hf://owner/repo/x.pt@", "the revision '' is not a branch, a tag or a commit hash (it is empty"),
     ("official:nope", "official:mnist, official:cifar10-256d"),
+    ("official:mnist@", "write official:NAME@REVISION"),
+    ("hf://buckets/owner/b/x.pt", "it names a bucket"),
+    ("https://example.com/owner/repo/x.pt", "is not the address of a file on the Hub"),
+    # item 12: which part is invalid
+    ("hf://a b/c/d.pt", "the owner 'a b' is not a valid Hub name"),
+    ("hf://ëlise/c/d.pt", "the owner 'ëlise' is not a valid Hub name (ASCII letters"),
+    ("hf://a/répo/d.pt", "the repository name 'répo' is not a valid Hub name"),
+    ("hf://a/c/x\\y.pt", "folders are separated by '/'"),
+    ("hf://a/c/x\ny.pt", "it contains a control character"),
+    # item 15, and bfn's earlier FILE@REVISION: refused with the spelling that means it
+    ("hf://o/r@main@v2/x.pt", "the revision 'main@v2' is not a branch, a tag or a commit hash (it contains '@'"),
+    ("hf://o/r/x.pt@main@v2", "the revision 'main@v2' is not a branch, a tag or a commit hash (it contains '@'"),
+    ("hf://o/r/x.pt@v2", "names a file called 'x.pt@v2'; the revision goes right after the repository: write "
+                         "hf://o/r@v2/x.pt"),
+    ("hf://o/r/m/x.pt@feature/y", "write hf://o/r@feature%2Fy/m/x.pt"),
+    ("hf://o/r@v1/x.pt@v2", "it names two revisions ('v1' and 'v2')"),
 ])
 def test_malformed_specs_say_how_to_write_them(spec, needle):
     with pytest.raises(UserError) as err:
         parse_spec(spec)
-    assert needle in str(err.value) and err.value.exit_code == 2
+    assert needle in str(err.value) and err.value.exit_code == 2 and "\n" not in str(err.value)
 
 
 def test_a_plain_path_is_not_a_hub_spec_and_stays_off_the_network():
     assert parse_spec("runs/x/checkpoints/step-00000010/model.safetensors") is None
-    script = ("import sys; from bfncli.hub import local_checkpoint; p = local_checkpoint('a/b.safetensors'); "
+    script = ("import sys; from bfncli.specs import local_checkpoint; p = local_checkpoint('a/b.safetensors'); "
               "assert str(p) == 'a/b.safetensors' and 'huggingface_hub' not in sys.modules")
     assert subprocess.run([sys.executable, "-c", script], capture_output=True).returncode == 0
 
@@ -197,33 +223,34 @@ def test_a_pickle_that_needs_code_is_refused_and_never_run(tmp_path):
 
 # -------------------------------------------------------------------------------- revisions
 def test_revisions_pinned_by_commit_named_by_branch_or_left_to_the_cache(hub, tmp_path):
-    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": b"first"}, SECOND: {"m.safetensors": b"second"},
-                                THIRD: {"m.safetensors": b"third"}}, {"main": SECOND, "v1": FIRST})
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": st("first")}, SECOND: {"m.safetensors": st("second")},
+                                THIRD: {"m.safetensors": st("third")}}, {"main": SECOND, "v1": FIRST})
     env = env_for(hub, tmp_path / "hf")
     spec = f"hf://{OFFICIAL}/m.safetensors"
-    assert resolve(f"{spec}@{FIRST}", env).read_bytes() == b"first"
-    assert resolve(f"{spec}@v1", env).read_bytes() == b"first"  # a tag: asked, and found in the cache
-    assert resolve(spec, env).read_bytes() == b"second"
+    at = f"hf://{OFFICIAL}@{{}}/m.safetensors".format
+    assert resolve(at(FIRST), env).read_bytes() == st("first")
+    assert resolve(at("v1"), env).read_bytes() == st("first")  # a tag: asked, and found in the cache
+    assert resolve(spec, env).read_bytes() == st("second")
 
     hub.repos[OFFICIAL].refs["main"] = THIRD  # a new release
     hub.requests.clear()
-    assert resolve(spec, env).read_bytes() == b"second"  # no revision: the cached copy, no request
-    assert resolve(f"{spec}@{FIRST}", env).read_bytes() == b"first"  # a commit never changes
+    assert resolve(spec, env).read_bytes() == st("second")  # no revision: the cached copy, no request
+    assert resolve(at(FIRST), env).read_bytes() == st("first")  # a commit never changes
     assert requests_made(hub) == []
-    assert resolve(f"{spec}@main", env).read_bytes() == b"third"  # naming the branch asks the server
+    assert resolve(at("main"), env).read_bytes() == st("third")  # naming the branch asks the server
     assert requests_made(hub)
     hub.requests.clear()
-    assert resolve(spec, env).read_bytes() == b"third" and requests_made(hub) == []
+    assert resolve(spec, env).read_bytes() == st("third") and requests_made(hub) == []
 
 
 # ------------------------------------------------------------------------------ offline use
 def test_offline_serves_the_cache_and_says_what_to_do_without_it(hub, tmp_path):
-    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": b"weights"}}, {"main": FIRST})
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": st("weights")}}, {"main": FIRST})
     env = env_for(hub, tmp_path / "hf")
     resolve(f"hf://{OFFICIAL}/m.safetensors", env)
     hub.requests.clear()
     offline = {**env, "HF_HUB_OFFLINE": "1"}
-    assert resolve(f"hf://{OFFICIAL}/m.safetensors@main", offline).read_bytes() == b"weights"
+    assert resolve(f"hf://{OFFICIAL}@main/m.safetensors", offline).read_bytes() == st("weights")
     result = run_bfn("eval", "--checkpoint", "official:mnist", env=offline)
     assert_one_line_error(result, "HF_HUB_OFFLINE", f"{hub.url}/{OFFICIAL}/resolve/main/mnist_ema.pt",
                           str(tmp_path / "hf" / "hub"), "bfn convert mnist_ema.pt -o mnist_ema.safetensors", code=1)
@@ -244,12 +271,12 @@ def test_an_unreachable_hub_is_one_line(tmp_path):
 
 
 def test_a_host_that_does_not_resolve_fails_at_once_unless_the_cache_has_the_file(hub, tmp_path):
-    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": b"weights"}}, {"main": FIRST})
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": st("weights")}}, {"main": FIRST})
     env = env_for(hub, tmp_path / "hf")
     resolve(f"hf://{OFFICIAL}/m.safetensors", env)
     nowhere = {**env, "HF_ENDPOINT": "http://no-such-host.invalid"}  # .invalid never resolves (RFC 2606)
     # A branch asks the server; unreachable, the cached copy of that branch serves.
-    assert resolve(f"hf://{OFFICIAL}/m.safetensors@main", nowhere).read_bytes() == b"weights"
+    assert resolve(f"hf://{OFFICIAL}@main/m.safetensors", nowhere).read_bytes() == st("weights")
     start = time.perf_counter()
     result = run_bfn("eval", "--checkpoint", "official:text8", env=nowhere)
     assert time.perf_counter() - start < 20  # no retries: the client's five take about 25 s
@@ -261,7 +288,7 @@ def test_a_host_that_does_not_resolve_fails_at_once_unless_the_cache_has_the_fil
 @pytest.fixture
 def answers(hub):
     hub.repos[OFFICIAL] = Repo({FIRST: {"mnist_ema.pt": b"x"}}, {"main": FIRST})
-    hub.repos["acme/private"] = Repo({FIRST: {"m.safetensors": b"secret weights"}}, {"main": FIRST}, token="hf_s3cret")
+    hub.repos["acme/private"] = Repo({FIRST: {"m.safetensors": st("secret weights")}}, {"main": FIRST}, token="hf_s3cret")
     hub.repos["acme/gated"] = Repo({FIRST: {"m.safetensors": b"x"}}, {"main": FIRST}, gated=True)
     return hub
 
@@ -269,7 +296,7 @@ def answers(hub):
 @pytest.mark.parametrize("spec, needles", [
     (f"hf://{OFFICIAL}/nope.pt", ["has no file 'nope.pt' at revision main"]),
     ("hf://nobody/nothing/x.pt", ["there is no repository nobody/nothing", "HF_TOKEN"]),
-    (f"hf://{OFFICIAL}/mnist_ema.pt@no-such-branch", ["has no revision 'no-such-branch'"]),
+    (f"hf://{OFFICIAL}@no-such-branch/mnist_ema.pt", ["has no revision 'no-such-branch'"]),
     ("hf://acme/private/m.safetensors", ["there is no repository acme/private", "HF_TOKEN"]),  # 401, as the Hub says
     ("hf://acme/gated/m.safetensors", ["is gated", "HF_TOKEN"]),
 ])
@@ -280,11 +307,11 @@ def test_server_refusals_are_one_line(answers, tmp_path, spec, needles):
 
 def test_hf_token_opens_a_private_repository(answers, tmp_path):
     env = env_for(answers, tmp_path, HF_TOKEN="hf_s3cret")
-    assert resolve("hf://acme/private/m.safetensors", env).read_bytes() == b"secret weights"
+    assert resolve("hf://acme/private/m.safetensors", env).read_bytes() == st("secret weights")
 
 
 def test_a_truncated_download_is_refused_and_leaves_nothing(hub, tmp_path):
-    weights = bytes(range(256)) * 400
+    weights = st("big", size=25_600)
     hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": weights}}, {"main": FIRST})
     hub.cut_at["m.safetensors"] = 40_000  # every transfer stops there, though all bytes are announced
     result = bfn_without_pauses("eval", "--checkpoint", f"hf://{OFFICIAL}/m.safetensors",
@@ -297,11 +324,11 @@ def test_a_truncated_download_is_refused_and_leaves_nothing(hub, tmp_path):
 
 
 def test_a_dropped_connection_resumes_where_it_stopped(hub, tmp_path):
-    weights = bytes(range(256)) * 400
+    weights = st("big", size=25_600)
     hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": weights}}, {"main": FIRST})
     hub.cut_once["m.safetensors"] = 40_000
     env = env_for(hub, tmp_path / "hf")
-    script = ("import sys, time; time.sleep = lambda seconds: None; from bfncli.hub import local_checkpoint; "
+    script = ("import sys, time; time.sleep = lambda seconds: None; from bfncli.specs import local_checkpoint; "
               "print(local_checkpoint(sys.argv[1]))")
     result = subprocess.run([sys.executable, "-c", script, f"hf://{OFFICIAL}/m.safetensors"], capture_output=True,
                             text=True, timeout=120, env={**os.environ, **env})

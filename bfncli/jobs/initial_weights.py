@@ -33,7 +33,7 @@ class InitialWeights:
 def load_initial_weights(spec: str, cfg: BFNConfig, preset: Optional[str], announce: bool) -> InitialWeights:
     from bfncli.checkpoint import check_dtypes, describe_mismatch, load_tensors, read_info
     from bfncli.convert import expected_shapes
-    from bfncli.hub import local_checkpoint
+    from bfncli.specs import local_checkpoint
 
     path = local_checkpoint(spec)
     info = read_info(path)  # a bfn checkpoint, or a one-line error saying what it is instead
