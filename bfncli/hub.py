@@ -117,15 +117,16 @@ def parse_spec(spec: str) -> Optional[HubFile]:
                             + ", ".join(f"official:{n}" for n in OFFICIAL_FILES))
         if at:
             _check_revision(spec, revision)
+        check_endpoint()
         return _checked(HubFile(spec, OFFICIAL_REPO, OFFICIAL_FILES[name], revision if at else None))
     if not is_hub_spec(spec):
         return None
+    endpoint = check_endpoint()
     from huggingface_hub.errors import HfUriError
     from huggingface_hub.utils import parse_hf_uri
 
     if not spec.isprintable():  # control characters: say so before any part is shown
         _bad(spec, "it contains a control character")
-    endpoint = _endpoint_or_none()
     try:
         uri = parse_hf_uri(spec, endpoint=endpoint)
     except HfUriError as err:
@@ -227,21 +228,13 @@ def shown(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------- endpoint
-def _endpoint_or_none() -> Optional[str]:
-    """HF_ENDPOINT if it is a usable address (then its file addresses are recognised too)."""
-    try:
-        return check_endpoint()
-    except UserError:
-        return None
-
-
 def check_endpoint() -> str:
-    """The Hub's address (HF_ENDPOINT, or huggingface.co), or a one-line error naming the variable."""
+    """The Hub's address (HF_ENDPOINT, or huggingface.co), or a one-line error naming the variable. It
+    reads the variable as huggingface_hub does, before that is imported: an address that does not
+    parse (http://[::1) makes importing huggingface_hub itself fail."""
     from urllib.parse import urlsplit
 
-    from huggingface_hub import constants
-
-    endpoint, why = constants.ENDPOINT, None
+    endpoint, why = os.environ.get("HF_ENDPOINT", "").rstrip("/") or "https://huggingface.co", None
     try:
         parts = urlsplit(endpoint)
         parts.port  # noqa: B018 - raises ValueError for a port that is no number
@@ -252,8 +245,8 @@ def check_endpoint() -> str:
     except ValueError as err:
         why = str(err)
     if why:
-        raise UserError(f"HF_ENDPOINT={shown(os.environ.get('HF_ENDPOINT', endpoint))!r} is not the address of a Hub "
-                        f"({why}); set it to one like https://huggingface.co, or unset it")
+        raise UserError(f"HF_ENDPOINT={shown(os.environ['HF_ENDPOINT'])!r} is not the address of a Hub ({why}); set "
+                        "it to one like https://huggingface.co, or unset it")
     return endpoint
 
 
@@ -318,7 +311,6 @@ def download(hub_file: HubFile, force: bool = False) -> Path:
     from bfncli.hub_http import ServerSilent, UnsafeAnswer, guarded_downloads
 
     if not constants.is_offline_mode():
-        check_endpoint()
         _check_the_server_has_an_address(hub_file)
     try:
         with _quiet_retries(), guarded_downloads():

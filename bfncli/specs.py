@@ -73,6 +73,7 @@ def checked_download(hub_file: HubFile) -> Path:
                         f"'hf cache rm {again.uri}'")
     say(f"{shown(hub_file.spec)}: the {'cached ' if found else ''}download {file} is damaged ({problem}); "
         "downloading it again")
+    forget(file)
     file = download(again, force=True)
     problem = file_problem(file, against_its_name=True)
     if problem is None:

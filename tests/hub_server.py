@@ -17,6 +17,15 @@ What the client (huggingface_hub 2.x) needs, found by reading it and by trying:
            while still announcing all of them (a broken mirror): every transfer stops at byte n.
            ``cut_once`` does the same once, then serves the file whole (a dropped connection).
 
+Misbehaving on purpose (each a field of FakeHub):
+    ``silent``          the Hub accepts connections and never answers (until it is closed)
+    ``etag``            path -> the X-Linked-Etag to announce instead of the blob's sha256 ("../../x")
+    ``commit``          the X-Repo-Commit to announce instead of the real one
+    ``instead``         path -> a list of bodies served (and announced, size and sha256) in place of the
+                        file, one per request: an HTML page from a proxy, say; the real file once they run out
+
+Repositories of other kinds live under their prefix, as on the Hub: /datasets/OWNER/REPO/resolve/...
+
 Every request is logged in ``requests`` (method, path), so a test can assert that none was made.
 """
 
@@ -48,18 +57,24 @@ class FakeHub:
     repos: dict[str, Repo]
     cut_at: dict[str, int] = field(default_factory=dict)
     cut_once: dict[str, int] = field(default_factory=dict)
+    silent: bool = False
+    etag: dict[str, str] = field(default_factory=dict)
+    commit: Optional[str] = None
+    instead: dict[str, list[bytes]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self):
         self.blobs: dict[str, bytes] = {}
         self.blob_paths: dict[str, str] = {}  # sha256 -> path in its repository (for cut_at / cut_once)
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         self._hub = _serve(self._hub_request)
         self._cdn = _serve(self._cdn_request)
         self.url = f"http://127.0.0.1:{self._hub.server_address[1]}"
         self.cdn_url = f"http://127.0.0.1:{self._cdn.server_address[1]}"
 
     def close(self) -> None:
+        self._closing.set()
         for server in (self._hub, self._cdn):
             server.shutdown()
             server.server_close()
@@ -73,7 +88,13 @@ class FakeHub:
     # --------------------------------------------------------------------------- the Hub
     def _hub_request(self, handler: http.server.BaseHTTPRequestHandler, method: str) -> None:
         self._log(method, handler.path)
-        parts = urlsplit(handler.path).path.lstrip("/").split("/", 4)
+        if self.silent:
+            self._closing.wait()  # the connection is open, the request read, and no answer comes
+            return
+        where = urlsplit(handler.path).path.lstrip("/")
+        for kind in ("datasets/", "spaces/"):
+            where = where.removeprefix(kind)
+        parts = where.split("/", 4)
         if len(parts) < 5 or parts[2] != "resolve":
             return _reply(handler, 404, {"X-Error-Code": "RepoNotFound"})
         repo_id, revision, path = f"{parts[0]}/{parts[1]}", unquote(parts[3]), unquote(parts[4])
@@ -88,13 +109,15 @@ class FakeHub:
             return _reply(handler, 404, {"X-Error-Code": "RevisionNotFound", "X-Error-Message": "Invalid rev id"})
         content = repo.commits[commit].get(path)
         if content is None:
-            return _reply(handler, 404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit})
-        sha = hashlib.sha256(content).hexdigest()
+            return _reply(handler, 404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": self.commit or commit})
         with self._lock:
+            if self.instead.get(path):
+                content = self.instead[path].pop(0)
+            sha = hashlib.sha256(content).hexdigest()
             self.blobs[sha], self.blob_paths[sha] = content, path
-        _reply(handler, 302, {"Location": f"{self.cdn_url}/blobs/{sha}?signature=made-up", "X-Repo-Commit": commit,
-                              "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(content)),
-                              "ETag": f'W/"{commit[:8]}"'})
+        _reply(handler, 302, {"Location": f"{self.cdn_url}/blobs/{sha}?signature=made-up",
+                              "X-Repo-Commit": self.commit or commit, "X-Linked-Etag": self.etag.get(path, f'"{sha}"'),
+                              "X-Linked-Size": str(len(content)), "ETag": f'W/"{commit[:8]}"'})
 
     # --------------------------------------------------------------------------- the CDN
     def _cdn_request(self, handler: http.server.BaseHTTPRequestHandler, method: str) -> None:

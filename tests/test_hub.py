@@ -69,6 +69,13 @@ def st(tag: str, size: int = 4) -> bytes:
     return save({"w": torch.arange(size, dtype=torch.float32)}, metadata={"tag": tag})
 
 
+def assert_last_line_error(result, *needles, code=2):
+    """A one-line error after notes on stderr (a cached copy used, a download repeated)."""
+    assert result.returncode == code and "Traceback" not in result.stderr, (result.returncode, result.stderr)
+    last = result.stderr.strip().splitlines()[-1]
+    assert all(needle in last for needle in needles), last
+
+
 def requests_made(hub) -> list:
     """What the client asked the Hub for (its once-a-day look-up of agent names aside)."""
     return [r for r in hub.requests if r[1] != "/api/agent-harnesses"]
@@ -385,3 +392,159 @@ def test_train_init_and_resume_exclude_each_other():
 
     with pytest.raises(UserError, match="--init starts a new run .* --resume continues"):
         run_training(resolve_config("default", environ={}), init="official:mnist", resume="auto")
+
+
+# ------------------------------------------------------- the Hub's own spelling, end to end
+def test_a_hub_address_and_other_repository_kinds_download_too(hub, tmp_path):
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": st("model")}}, {"main": FIRST})
+    hub.repos["me/data"] = Repo({FIRST: {"d/m.safetensors": st("dataset")}}, {"v1": FIRST})
+    env = env_for(hub, tmp_path / "hf")
+    # a file's page on the Hub (here the stand-in HF_ENDPOINT names), as copied from the browser
+    assert resolve(f"{hub.url}/{OFFICIAL}/blob/main/m.safetensors", env).read_bytes() == st("model")
+    path = resolve("hf://datasets/me/data@v1/d/m.safetensors", env)
+    assert path.read_bytes() == st("dataset") and "datasets--me--data" in path.parts
+
+
+# ------------------------------------------------- a hostile server never writes outside the cache
+@pytest.mark.parametrize("spec", [
+    "hf://ok/r/model.safetensors@../../../../victim.txt",  # bfn's earlier spelling
+    "hf://ok/r@..%2F..%2F..%2F..%2Fvictim.txt/model.safetensors",  # the Hub's, with the '/' encoded
+    "official:mnist@../../../../victim.txt",
+])
+def test_a_revision_that_climbs_out_of_the_cache_is_refused_before_any_request(hub, tmp_path, spec):
+    """Issue 16 item 1: the client writes refs/REVISION; here that would be tmp_path/victim.txt."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for repo in ("ok/r", OFFICIAL):
+        hub.repos[repo] = Repo({FIRST: {"model.safetensors": st("x"), "mnist_ema.pt": b"x"}},
+                               {"main": FIRST, "../../../../victim.txt": FIRST})
+    result = run_bfn("sample", "--checkpoint", spec, env=env_for(hub, tmp_path / "hf"))
+    assert_one_line_error(result, "the revision '../../../../victim.txt' is not a branch, a tag or a commit hash",
+                          "contains '..'")
+    assert hub.requests == [] and victim.read_text() == "precious"
+
+
+def _files_outside(home: Path) -> list:
+    return [p for p in home.rglob("*") if p.is_file() and (home / "hub") not in p.parents]
+
+
+@pytest.mark.parametrize("what, needle", [("etag", "the ETag"), ("commit", "the commit")])
+def test_server_answers_that_name_paths_outside_the_cache_are_refused(hub, tmp_path, what, needle):
+    """Issue 16 item 2: blobs/ETAG and snapshots/COMMIT are built from the server's answer."""
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": st("x")}}, {"main": FIRST})
+    if what == "etag":
+        hub.etag["m.safetensors"] = '"../../../escaped"'  # blobs/../../../escaped: HF_HOME/escaped
+    else:
+        hub.commit = "../../../escaped"
+    home = tmp_path / "hf"
+    result = run_bfn("eval", "--checkpoint", f"hf://{OFFICIAL}/m.safetensors", env=env_for(hub, home))
+    assert_one_line_error(result, f"answered {needle} '", "../../../escaped",
+                          "would put the download outside the download cache", "refused before anything was written", code=1)
+    assert _files_outside(home) == [] and not (home / "escaped").exists()
+    assert not [r for r in hub.requests if r[1].startswith("/blobs/")]  # refused before the transfer
+
+
+def test_the_files_a_download_produces_must_lie_in_the_cache(hub, tmp_path, monkeypatch):
+    """The last line of defence: whatever the client returns is checked to lie inside the cache."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from bfncli import hub as hub_module
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes(st("x"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(outside))
+    monkeypatch.setattr(hub_module, "_check_the_server_has_an_address", lambda hub_file: None)
+    with pytest.raises(UserError, match="outside the download cache") as err:
+        hub_module.download(parse_spec("hf://o/r/m.safetensors"))
+    assert err.value.exit_code == 1
+
+
+# ------------------------------------------------------------ servers that never answer
+def test_a_hub_that_accepts_and_never_answers_is_given_up_on(tmp_path):
+    """Issue 16 item 6: connect and read waits are bounded, and a silent host is not asked forever."""
+    with FakeHub({}, silent=True) as silent:
+        env = {**env_for(silent, tmp_path / "hf"), "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "1"}
+        start = time.perf_counter()
+        result = bfn_without_pauses("eval", "--checkpoint", "official:text8", env=env)
+        took = time.perf_counter() - start
+    assert_one_line_error(result, "cannot download official:text8", f"{silent.url} did not answer (3 tries, 1 s each)",
+                          "HF_HUB_ETAG_TIMEOUT", code=1)
+    assert took < 20, took
+
+
+# --------------------------------------------------------------------------- HF_ENDPOINT
+@pytest.mark.parametrize("endpoint, why", [
+    ("garbage", "does not start with https:// or http://"),
+    ("http://", "names no host"),
+    ("ftp://mirror.example.org", "does not start with https:// or http://"),
+    ("http://[::1", "Invalid IPv6 URL"),
+])
+def test_a_bad_hf_endpoint_is_named(tmp_path, endpoint, why):
+    """Issue 16 items 7 and 12: the variable is named, not blamed on the download."""
+    result = run_bfn("eval", "--checkpoint", "official:mnist", env={"HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path)})
+    assert_one_line_error(result, f"HF_ENDPOINT='{endpoint}' is not the address of a Hub", why,
+                          "set it to one like https://huggingface.co, or unset it")
+
+
+# ------------------------------------------------------------- damaged downloads in the cache
+HTML = b"<!DOCTYPE html><html><body>Please sign in to the proxy</body></html>"
+
+
+def test_a_damaged_cached_download_is_fetched_again_once(hub, tmp_path):
+    """Issue 16 item 11: the cached copy was cut short on disk; the next run downloads it again."""
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": st("big", size=25_600)}}, {"main": FIRST})
+    env = env_for(hub, tmp_path / "hf")
+    path = resolve(f"hf://{OFFICIAL}/m.safetensors", env)
+    blob = path.resolve()
+    blob.write_bytes(blob.read_bytes()[:5000])
+    hub.requests.clear()
+    result = bfn_without_pauses("eval", "--checkpoint", f"hf://{OFFICIAL}/m.safetensors", "--steps", 0, "--repeats",
+                                1, env=env)  # it then fails as it should: that file is no bfn checkpoint
+    assert "the cached download" in result.stderr and "is damaged (it has 5,000 bytes where its header describes" \
+        in result.stderr and "downloading it again" in result.stderr, result.stderr
+    assert f"/{OFFICIAL}/resolve/{FIRST}/m.safetensors" in {r[1] for r in hub.requests}  # the same commit again
+    assert path.read_bytes() == st("big", size=25_600)
+    assert "is a safetensors file but not a bfn checkpoint" in result.stderr.strip().splitlines()[-1]
+
+
+def test_an_html_page_instead_of_the_file_is_fetched_again_then_refused_and_removed(hub, tmp_path):
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": st("x"), "o.safetensors": st("y")}}, {"main": FIRST})
+    hub.instead["m.safetensors"] = [HTML]  # once: a proxy's page, then the file
+    env = env_for(hub, tmp_path / "hf")
+    assert resolve(f"hf://{OFFICIAL}/m.safetensors", env).read_bytes() == st("x")
+
+    hub.instead["o.safetensors"] = [HTML, HTML]  # every time
+    result = bfn_without_pauses("eval", "--checkpoint", f"hf://{OFFICIAL}/o.safetensors", env=env)
+    assert "downloading it again" in result.stderr
+    assert_last_line_error(result, "is damaged (not a safetensors file", "twice in a row",
+                          "it was removed from the download cache")
+    assert not list((tmp_path / "hf" / "hub").rglob("o.safetensors"))
+
+
+def test_a_file_whose_sha256_is_not_the_announced_one_is_refused(hub, tmp_path):
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": st("x")}}, {"main": FIRST})
+    hub.etag["m.safetensors"] = '"' + "0" * 64 + '"'  # what the Hub says the file's sha256 is
+    result = bfn_without_pauses("eval", "--checkpoint", f"hf://{OFFICIAL}/m.safetensors", env=env_for(hub, tmp_path))
+    assert_last_line_error(result, "its SHA-256 is not the one the Hub announced", "twice in a row")
+
+
+def test_offline_a_damaged_cached_download_says_how_to_remove_it(hub, tmp_path):
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": st("x")}}, {"main": FIRST})
+    env = env_for(hub, tmp_path / "hf")
+    resolve(f"hf://{OFFICIAL}/m.safetensors", env).resolve().write_bytes(HTML)
+    result = run_bfn("eval", "--checkpoint", f"hf://{OFFICIAL}/m.safetensors", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert_last_line_error(result, "the cached download", "is damaged", "HF_HUB_OFFLINE=1 forbids downloading it again",
+                          f"'hf cache rm hf://{OFFICIAL}@{FIRST}/m.safetensors'")
+
+
+def test_a_damaged_cached_conversion_is_converted_again(tmp_path):
+    fixture = (CONFORMANCE / "mnist" / "official_ema.pt").read_bytes()
+    hub_file, download = _downloaded(tmp_path, "mnist_ema.pt", fixture)
+    target = download.with_name(f"mnist_ema.pt.bfn-{__version__}.safetensors")
+    save_file({"w": torch.zeros(1000)}, str(target))
+    target.write_bytes(target.read_bytes()[:-100])  # cut short
+    with pytest.raises(UserError, match="cannot convert .* on the fly: the weights fit none of the paper presets"):
+        converted(hub_file, download)  # it tried: the damaged file went, and conversion ran (and refused these)
+    assert not target.exists()
