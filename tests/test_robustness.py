@@ -381,3 +381,59 @@ def test_ctrl_c_through_the_installed_executable(runs, tmp_path):
     code, err = _interrupt(["sample", "--checkpoint", ckpt(runs, "img"), "--sampler", "paper", "--steps", 1000000,
                             "-o", tmp_path / "s.safetensors"], lambda: time.time() > started + 2, executable=executable)
     assert code == 130 and err.strip() in ("bfn sample: interrupted", "bfn: interrupted"), err
+
+
+# ------------------------------------------------------------- one dataset download per machine
+def test_two_processes_needing_one_dataset_file_download_it_once(tmp_path):
+    """Issue 16 item 16: the processes of one run (accelerate launch on a fresh machine) used to write
+    the same NAME.part at once. The first takes the lock and downloads; the second says it waits,
+    then verifies and uses the file; the server sees one transfer."""
+    import hashlib
+    import http.server
+    import threading
+
+    body = os.urandom(300_000)
+    release, gets = threading.Event(), []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            gets.append(self.path)
+            release.wait(60)  # the first transfer is held until the second process is seen waiting
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    script = ("import sys; from pathlib import Path; from bfncli.data.download import RemoteFile, ensure; "
+              "remote = RemoteFile('data.bin', (sys.argv[1],), md5=sys.argv[2]); "
+              "print(ensure(remote, Path(sys.argv[3]), True, []))")
+    args = [sys.executable, "-c", script, f"http://127.0.0.1:{server.server_address[1]}/data.bin",
+            hashlib.md5(body).hexdigest(), str(tmp_path / "data")]
+    try:
+        first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not gets and time.monotonic() < deadline:  # the first process holds the lock, mid-transfer
+            time.sleep(0.05)
+        assert gets, "the first process never asked for the file"
+        second = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        note = []
+        reader = threading.Thread(target=lambda: note.append(second.stderr.readline()), daemon=True)
+        reader.start()
+        reader.join(60)
+        assert note and "waiting for another process that is downloading data.bin" in note[0], (note, gets)
+        assert len(gets) == 1  # the second one waits instead of downloading into the same .part
+        release.set()
+        outputs = [p.communicate(timeout=60) for p in (first, second)]
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert [p.returncode for p in (first, second)] == [0, 0], outputs
+    assert {out.strip() for out, _ in outputs} == {str(tmp_path / "data" / "data.bin")}
+    assert (tmp_path / "data" / "data.bin").read_bytes() == body and len(gets) == 1
+    assert not list((tmp_path / "data").glob("*.part"))

@@ -5,6 +5,11 @@ checksum or size, which every download must match. A download goes to ``NAME.par
 previous attempt broke off), is verified, and only then renamed to ``NAME``. A file that fails
 verification is deleted, so nothing half-written is ever trusted. Connection attempts time out in
 seconds, so a machine without network fails fast with a message saying what to put where.
+
+One process downloads a file at a time: the processes of one run (``accelerate launch`` on a fresh
+machine), or two commands sharing a data folder, take turns on a lock beside the file
+(``.NAME.lock``, released by the system when its holder exits). The first downloads; the others
+wait, then verify what it left and use it (or, if it failed, try themselves, resuming its ``.part``).
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from bfncli.errors import UserError
 
@@ -73,6 +79,38 @@ def ensure(remote: RemoteFile, directory: Path, download: bool, mirrors: list[st
         Path(directory).mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create the data directory '{directory}': {err.strerror or err}") from None
+    with _one_at_a_time(target):
+        if target.exists():  # another process downloaded it while this one waited
+            problem = verify(target, remote)
+            if problem is not None:
+                raise UserError(f"'{target}' appeared while this process waited for another one to download it, "
+                                f"but it {problem}; delete it and run again")
+            return target
+        return _download(remote, target, directory)
+
+
+@contextmanager
+def _one_at_a_time(target: Path) -> Iterator[None]:
+    """Hold the lock beside ``target``; say so once if another process holds it now."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(target.with_name(f".{target.name}.lock")), mode=0o666)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        sys.stderr.write(f"waiting for another process that is downloading {target.name} into {target.parent}\n")
+        sys.stderr.flush()
+        lock.acquire()
+    except OSError as err:
+        raise UserError(f"cannot create a lock file in the data directory '{target.parent}': "
+                        f"{err.strerror or err}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _download(remote: RemoteFile, target: Path, directory: Path) -> Path:
     failures = []
     for url in remote.urls:
         problem = _fetch(url, target, remote)
