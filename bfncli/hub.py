@@ -91,9 +91,14 @@ class HubFile:
 
     @property
     def uri(self) -> str:
-        """The canonical hf:// spelling (what 'hf cache rm' takes, with the kind of repository)."""
+        """The canonical hf:// spelling."""
         kind = "" if self.repo_type == "model" else f"{self.repo_type}s/"
         return f"hf://{kind}{self.repo_id}{at_revision(self.revision)}/{self.path}"
+
+    @property
+    def removal(self) -> str:
+        """The command that removes the file's cached copies (it takes no revision)."""
+        return f"hf cache rm hf://{self.repo_type}s/{self.repo_id}/{self.path}"
 
 
 def at_revision(revision: Optional[str]) -> str:

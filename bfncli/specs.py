@@ -70,7 +70,7 @@ def checked_download(hub_file: HubFile) -> Path:
     if constants.is_offline_mode():
         raise UserError(f"{shown(hub_file.spec)}: the cached download {file} is damaged ({problem}) and "
                         f"HF_HUB_OFFLINE=1 forbids downloading it again: unset HF_HUB_OFFLINE, or remove it with "
-                        f"'hf cache rm {again.uri}'")
+                        f"'{hub_file.removal}'")
     say(f"{shown(hub_file.spec)}: the {'cached ' if found else ''}download {file} is damaged ({problem}); "
         "downloading it again")
     forget(file)

@@ -536,7 +536,7 @@ def test_offline_a_damaged_cached_download_says_how_to_remove_it(hub, tmp_path):
     resolve(f"hf://{OFFICIAL}/m.safetensors", env).resolve().write_bytes(HTML)
     result = run_bfn("eval", "--checkpoint", f"hf://{OFFICIAL}/m.safetensors", env={**env, "HF_HUB_OFFLINE": "1"})
     assert_last_line_error(result, "the cached download", "is damaged", "HF_HUB_OFFLINE=1 forbids downloading it again",
-                          f"'hf cache rm hf://{OFFICIAL}@{FIRST}/m.safetensors'")
+                          f"'hf cache rm hf://models/{OFFICIAL}/m.safetensors'")
 
 
 def test_a_damaged_cached_conversion_is_converted_again(tmp_path):
