@@ -328,8 +328,8 @@ def download(hub_file: HubFile, force: bool = False) -> Path:
                         "refused before anything was written: is HF_ENDPOINT a Hub you trust?", 1) from None
     except ServerSilent as err:
         raise UserError(f"cannot download {shown(hub_file.spec)}: {err.host} did not answer ({err.tries} tries, "
-                        f"{err.wait:g} s each): the server is down or busy, or HF_ENDPOINT does not point to a Hub; try "
-                        "again later (HF_HUB_ETAG_TIMEOUT and HF_HUB_DOWNLOAD_TIMEOUT set the wait), or "
+                        f"{err.wait:g} s each): the server is down or busy, or HF_ENDPOINT does not point to a Hub; "
+                        "try again later (HF_HUB_ETAG_TIMEOUT and HF_HUB_DOWNLOAD_TIMEOUT set the wait), or "
                         f"{_by_hand(hub_file)}", 1) from None
     except (OSError, ValueError, httpx2.HTTPError) as err:  # everything the client raises, see _explain
         raise _explain(err, hub_file) from None

@@ -19,6 +19,7 @@ What the client (huggingface_hub 2.x) needs, found by reading it and by trying:
 
 Misbehaving on purpose (each a field of FakeHub):
     ``silent``          the Hub accepts connections and never answers (until it is closed)
+    ``stall``           paths whose bytes the CDN starts to send, then stops sending (until it is closed)
     ``etag``            path -> the X-Linked-Etag to announce instead of the blob's sha256 ("../../x")
     ``commit``          the X-Repo-Commit to announce instead of the real one
     ``instead``         path -> a list of bodies served (and announced, size and sha256) in place of the
@@ -58,6 +59,7 @@ class FakeHub:
     cut_at: dict[str, int] = field(default_factory=dict)
     cut_once: dict[str, int] = field(default_factory=dict)
     silent: bool = False
+    stall: set[str] = field(default_factory=set)
     etag: dict[str, str] = field(default_factory=dict)
     commit: Optional[str] = None
     instead: dict[str, list[bytes]] = field(default_factory=dict)
@@ -138,6 +140,11 @@ class FakeHub:
             handler.send_header("Content-Range", f"bytes {start}-{len(content) - 1}/{len(content)}")
         handler.send_header("Accept-Ranges", "bytes")
         handler.end_headers()
+        if method == "GET" and path in self.stall:
+            handler.wfile.write(content[start:start + 1000])
+            handler.wfile.flush()
+            self._closing.wait()  # the rest never comes
+            return
         if method == "GET":
             body = content[start:] if cut is None else content[start:max(cut, start)]
             handler.wfile.write(body)

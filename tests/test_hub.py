@@ -295,7 +295,8 @@ def test_a_host_that_does_not_resolve_fails_at_once_unless_the_cache_has_the_fil
 @pytest.fixture
 def answers(hub):
     hub.repos[OFFICIAL] = Repo({FIRST: {"mnist_ema.pt": b"x"}}, {"main": FIRST})
-    hub.repos["acme/private"] = Repo({FIRST: {"m.safetensors": st("secret weights")}}, {"main": FIRST}, token="hf_s3cret")
+    hub.repos["acme/private"] = Repo({FIRST: {"m.safetensors": st("secret weights")}}, {"main": FIRST},
+                                     token="hf_s3cret")
     hub.repos["acme/gated"] = Repo({FIRST: {"m.safetensors": b"x"}}, {"main": FIRST}, gated=True)
     return hub
 
@@ -439,7 +440,8 @@ def test_server_answers_that_name_paths_outside_the_cache_are_refused(hub, tmp_p
     home = tmp_path / "hf"
     result = run_bfn("eval", "--checkpoint", f"hf://{OFFICIAL}/m.safetensors", env=env_for(hub, home))
     assert_one_line_error(result, f"answered {needle} '", "../../../escaped",
-                          "would put the download outside the download cache", "refused before anything was written", code=1)
+                          "would put the download outside the download cache", "refused before anything was written",
+                          code=1)
     assert _files_outside(home) == [] and not (home / "escaped").exists()
     assert not [r for r in hub.requests if r[1].startswith("/blobs/")]  # refused before the transfer
 
@@ -472,6 +474,18 @@ def test_a_hub_that_accepts_and_never_answers_is_given_up_on(tmp_path):
     assert_one_line_error(result, "cannot download official:text8", f"{silent.url} did not answer (3 tries, 1 s each)",
                           "HF_HUB_ETAG_TIMEOUT", code=1)
     assert took < 20, took
+
+
+def test_a_transfer_that_stalls_is_given_up_on(hub, tmp_path):
+    """The file's bytes start, then stop: every read waits at most the timeout, and the client's own
+    resumptions are bounded, so the command ends with one line instead of waiting forever."""
+    hub.repos[OFFICIAL] = Repo({FIRST: {"m.safetensors": st("big", size=25_600)}}, {"main": FIRST})
+    hub.stall.add("m.safetensors")
+    env = {**env_for(hub, tmp_path / "hf"), "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "1"}
+    start = time.perf_counter()
+    result = bfn_without_pauses("eval", "--checkpoint", f"hf://{OFFICIAL}/m.safetensors", env=env)
+    assert time.perf_counter() - start < 30
+    assert_one_line_error(result, f"{hub.url}/{OFFICIAL}/resolve/main/m.safetensors broke off", code=1)
 
 
 # --------------------------------------------------------------------------- HF_ENDPOINT
