@@ -9,6 +9,7 @@ reading helper the writers' checks share: a file's sha256.)
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -99,15 +100,43 @@ def _alive(pid: int) -> bool:
 @contextmanager
 def write_errors_as_oserror() -> Iterator[None]:
     """safetensors and ``torch.save`` wrap a failed write (disk full, missing folder) in their own
-    exception types; turn those into an OSError with the system's message, which callers report."""
+    exception types; turn those into an OSError with the system's message, which callers report.
+    (``torch.save`` into a ``WholeWrites`` file keeps the system's error as the cause's context.)"""
     from safetensors import SafetensorError
 
     try:
         yield
     except (SafetensorError, RuntimeError) as err:
+        inner = err.__context__
+        while inner is not None and not (isinstance(inner, OSError) and inner.errno):
+            inner = inner.__context__
+        if inner is not None:
+            raise inner from err
         found = re.search(r'message: "([^"]+)"', str(err))
         lines = str(err).strip().splitlines()
         raise OSError(found.group(1) if found else lines[-1] if lines else type(err).__name__) from err
+
+
+class WholeWrites:
+    """A file opened unbuffered (``open(path, "wb", buffering=0)``) whose ``write`` writes all of its
+    data or raises the system's error: a full disk or the shell's file size limit (``ulimit -f``) then
+    says so, where a writer given the short write would report only its own confusion."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            written = self.raw.write(view[done:])  # the system's error once nothing more fits
+            if not written:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            done += written
+        return done
+
+    def flush(self) -> None:
+        self.raw.flush()
 
 
 def save_tensors(tensors: dict, path: Path, metadata: Optional[dict[str, str]] = None) -> None:

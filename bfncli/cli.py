@@ -316,7 +316,8 @@ def sample(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per network batch (chunks)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output .safetensors (default: stdout if piped)."),
     trajectory: bool = typer.Option(False, "--trajectory", help="Record the flow at chosen steps, for an animation."),
-    frames: int = typer.Option(20, "--frames", help="With --trajectory: how many steps to record."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="With --trajectory: how many steps to record "
+                                                               "(default 20)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Text: a known prefix to continue."),
     template: Optional[str] = typer.Option(None, "--template", help="Text: known characters with '?' where unknown."),
     image: Optional[Path] = typer.Option(None, "--image", help="Inpainting: an image file or a samples file."),

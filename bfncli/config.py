@@ -33,7 +33,7 @@ from bfncli.errors import UserError
 DEFAULT_PRESET = "default"
 ENV_PREFIX = "BFN_"
 # BFN_* variables that are settings of the tool, not config fields.
-RESERVED_ENV = {"BFN_CACHE_DIR", "BFN_RUNS_DIR", "BFN_FAULT"}
+RESERVED_ENV = {"BFN_CACHE_DIR", "BFN_RUNS_DIR"}
 
 
 INT64_MAX = 2**63 - 1

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from bfncli.atomic_files import atomic_path, write_errors_as_oserror
+from bfncli.atomic_files import WholeWrites, atomic_path, write_errors_as_oserror
 from bfncli.checkpoint import (
     check_dtypes,
     check_state_dict,
@@ -318,8 +318,8 @@ def to_official(source: Path, output: Path, force: bool) -> Path:
     check_dtypes(expected, tensors, f"checkpoint '{source}'")
     state = OrderedDict((PREFIX + k, tensors[k]) for k in expected)
     try:
-        with atomic_path(output) as tmp, write_errors_as_oserror():
-            torch.save(state, str(tmp))
+        with atomic_path(output) as tmp, write_errors_as_oserror(), open(tmp, "wb", buffering=0) as raw:
+            torch.save(state, WholeWrites(raw))
     except OSError as err:
         raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None
     _say(f"wrote {output} (official layout, {len(state)} tensors)")

@@ -21,6 +21,8 @@ from torch import Tensor
 from bfncli.errors import UserError
 
 SAMPLES_FORMAT = "bfn-samples"
+TEXT_CLASSES = 27  # text8's alphabet: space and a..z
+MIN_BINS, MAX_BINS = 2, 256  # data.num_bins' range
 IMAGE_KINDS = ("binary_image", "discretized_image", "continuous_image")
 KINDS = IMAGE_KINDS + ("text",)
 
@@ -54,7 +56,97 @@ def parse_samples(data: bytes, where: str) -> tuple[dict[str, Tensor], dict[str,
         raise UserError(f"{where} is a safetensors file but not bfn samples (no 'samples' tensor / kind)")
     if meta.get("kind") not in KINDS:
         raise UserError(f"{where} holds samples of kind {meta.get('kind')!r}, which this bfn cannot read")
+    check_samples(tensors, meta, where)
     return tensors, meta
+
+
+# What each kind's values are: (dtype, dimensions, what they hold).
+LAYOUTS = {
+    "discretized_image": ("float", 4, "floats in [-1, 1], (N, H, W, C)"),
+    "continuous_image": ("float", 4, "floats in [-1, 1], (N, H, W, C)"),
+    "binary_image": ("int", 4, "integers 0/1, (N, H, W, 1)"),
+    "text": ("int", 2, f"integers 0..{TEXT_CLASSES - 1}, (N, L)"),
+}
+BINS = {"binary_image": 2, "text": TEXT_CLASSES}
+
+
+def check_samples(tensors: dict[str, Tensor], meta: dict[str, str], where: str) -> None:
+    """One validation of a samples file for every reader (render, eval --samples, inpainting): the
+    samples' dtype, shape and values fit their kind, the metadata's bins and the classes are sane.
+    A file that fails was damaged or not written by bfn sample: a one-line error saying so."""
+    import torch
+
+    kind, samples = meta["kind"], tensors["samples"]
+    again = "draw the samples again with bfn sample"
+    dtype, dims, layout = LAYOUTS[kind]
+    if samples.dim() != dims:
+        raise UserError(f"{where} holds {kind.replace('_', ' ')} samples of shape {tuple(samples.shape)}; they must be "
+                        f"{layout}; {again}")
+    if samples.shape[0] == 0:
+        raise UserError(f"{where} holds no samples (its shape is {tuple(samples.shape)}); draw some with bfn sample -o FILE")
+    if samples.numel() == 0:
+        raise UserError(f"{where} holds samples of shape {tuple(samples.shape)}, with no values; {again}")
+    if (dtype == "float") != samples.is_floating_point() or samples.is_complex() or samples.dtype == torch.bool:
+        got = str(samples.dtype).removeprefix("torch.")
+        raise UserError(f"{where} holds {got} {kind.replace('_', ' ')} samples; they must be {layout}; {again}")
+    if dtype == "float":
+        if not bool(torch.isfinite(samples).all()):
+            raise UserError(f"{where} holds samples with NaN or infinite values; {again}")
+        low, high = float(samples.min()), float(samples.max())
+        if low < -1 or high > 1:
+            raise UserError(f"{where} holds image values from {low:g} to {high:g}, outside [-1, 1]; {again}")
+    else:
+        top = 1 if kind == "binary_image" else TEXT_CLASSES - 1
+        low, high = int(samples.min()), int(samples.max())
+        if low < 0 or high > top:
+            what = "binary pixels are 0 or 1" if kind == "binary_image" else f"text ids are 0..{top} (space, a..z)"
+            raise UserError(f"{where} holds values from {low} to {high}; {what}; {again}")
+    _check_bins(meta, kind, where, again)
+    _check_classes(tensors, meta, samples.shape[0], where, again)
+    _check_flow(tensors, samples, where, again)
+
+
+def _check_bins(meta: dict[str, str], kind: str, where: str, again: str) -> None:
+    text = (meta.get("num_bins") or "").strip()
+    if not text:
+        if kind == "discretized_image":
+            raise UserError(f"{where} does not say how many bins its discretized images have (num_bins); {again}")
+        return
+    if not text.isdigit() or not MIN_BINS <= int(text) <= MAX_BINS:
+        raise UserError(f"{where} is damaged: its num_bins is {text!r}, not a whole number from {MIN_BINS} to "
+                        f"{MAX_BINS}; {again}")
+    expected = BINS.get(kind)
+    if expected is not None and int(text) != expected:
+        raise UserError(f"{where} is damaged: {kind.replace('_', ' ')} samples have {expected} classes, its num_bins "
+                        f"says {text}; {again}")
+
+
+def class_names_of(meta: dict[str, str]) -> list[str]:
+    """The class names a samples file records (JSON in its metadata), [] if none."""
+    try:
+        names = json.loads(meta.get("class_names", "[]"))
+    except ValueError:
+        return []
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def _check_classes(tensors: dict[str, Tensor], meta: dict[str, str], count: int, where: str, again: str) -> None:
+    import torch
+
+    classes = tensors.get("classes")
+    if classes is None:
+        return
+    names = class_names_of(meta)
+    if not names:
+        raise UserError(f"{where} holds classes but no class_names to say what they are; {again}")
+    if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool or classes.dim() != 1 \
+            or classes.shape[0] != count:
+        raise UserError(f"{where} is damaged: its classes are {str(classes.dtype).removeprefix('torch.')} of shape "
+                        f"{tuple(classes.shape)}, not one class id per sample ({count},); {again}")
+    low, high = int(classes.min()), int(classes.max())
+    if low < 0 or high > len(names):  # len(names) is "no class" (unconditional samples)
+        raise UserError(f"{where} holds class ids from {low} to {high} but names {len(names)} classes (ids 0.."
+                        f"{len(names) - 1}, {len(names)} for none); {again}")
 
 
 def read_samples_file(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -75,3 +167,26 @@ def read_samples(path: Path) -> tuple[Tensor, dict[str, str]]:
     """The ``samples`` tensor and the metadata of a samples file."""
     tensors, meta = read_samples_file(path)
     return tensors["samples"], meta
+
+
+def _check_flow(tensors: dict[str, Tensor], samples: Tensor, where: str, again: str) -> None:
+    """A recorded flow (bfn sample --trajectory): F frames of the input distribution and the prediction
+    for every sample, their evaluation indices and times."""
+    import torch
+
+    if "flow_input" not in tensors:
+        return
+    if not {"flow_prediction", "flow_steps"} <= tensors.keys():
+        raise UserError(f"{where} is an incomplete trajectory (no flow_prediction/flow_steps); record it again with "
+                        "bfn sample --trajectory")
+    steps = tensors["flow_steps"]
+    frames = steps.shape[0] if steps.dim() == 1 else -1
+    for name in ("flow_input", "flow_prediction"):
+        flow = tensors[name]
+        if (frames < 1 or steps.is_floating_point() or not flow.is_floating_point() or flow.dim() < 2
+                or tuple(flow.shape[:2]) != (frames, samples.shape[0])):
+            raise UserError(f"{where} is a damaged trajectory: {name} has shape {tuple(flow.shape)} for "
+                            f"{tuple(steps.shape)} frames of {samples.shape[0]} samples; record it again with bfn sample "
+                            "--trajectory")
+        if not bool(torch.isfinite(flow).all()):
+            raise UserError(f"{where} is a damaged trajectory: {name} holds NaN or infinite values; {again}")

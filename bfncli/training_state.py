@@ -78,7 +78,6 @@ def save_training_checkpoint(
     optimizer: torch.optim.Optimizer,
     info: dict[str, Any],
     keep: int,
-    before_commit=None,
 ) -> Saved:
     """Write, flush and atomically commit a checkpoint; then prune old ones (keeping ``keep``)."""
     root = checkpoint_dir(run_dir)
@@ -100,8 +99,6 @@ def save_training_checkpoint(
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
         save_tensors(tensors, tmp / STATE_TENSORS, metadata_for(cfg, "training-state", step))
         (tmp / STATE_JSON).write_text(json.dumps({"step": step, "optimizer": opt_plain, **info}, indent=1))
-        if before_commit is not None:  # fault injection in tests: the directory is half-written here
-            before_commit()
         for name in (STATE_TENSORS, STATE_JSON):
             fsync_file(tmp / name)
         manifest = {"step": step, "files": {n: {"sha256": file_sha256(tmp / n), "bytes": (tmp / n).stat().st_size}

@@ -16,11 +16,16 @@ CONFORMANCE = Path(__file__).parent / "conformance"
 FIXTURES = ["mnist", "cifar10_discretized_256bins", "text8"]
 
 
-def run_bfn(*args, env=None, stdin=None, cwd=None, timeout=600, text=True):
-    """Run `bfn ARGS...` as a subprocess, with no BFN_* variables leaking in from the test runner."""
+FAULT_INJECTION = Path(__file__).parent / "fault_injection.py"
+
+
+def run_bfn(*args, env=None, stdin=None, cwd=None, timeout=600, text=True, faults=None):
+    """Run `bfn ARGS...` as a subprocess, with no BFN_* variables leaking in from the test runner;
+    ``faults`` (see fault_injection.py) runs it with those faults injected."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BFN_") or k == "BFN_CACHE_DIR"}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "bfncli", *map(str, args)], capture_output=True, text=text,
+    command = [str(FAULT_INJECTION), faults] if faults else ["-m", "bfncli"]
+    return subprocess.run([sys.executable, *command, *map(str, args)], capture_output=True, text=text,
                           env=full_env, input=stdin, cwd=cwd, timeout=timeout)
 
 

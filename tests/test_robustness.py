@@ -271,7 +271,7 @@ def test_restarts_before_the_first_checkpoint_leave_no_duplicate_rows_and_no_loc
             "--checkpoint-every", 4]
     args = [*base, "--run-name", "r"]
     for resume in ([], ["--resume", "auto"], ["--resume", "auto"]):  # killed each time before its first checkpoint
-        killed = run_bfn("train", *args, *resume, env={"BFN_FAULT": "kill:3:0"}, cwd=tmp_path)
+        killed = run_bfn("train", *args, *resume, faults="kill:3:0", cwd=tmp_path)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
     (tmp_path / "runs" / "r" / ".best.safetensors.partial-999999").write_bytes(b"left by a killed writer")
     finished = _train(call, tmp_path, "--run-name", "r", "--max-steps", 6, "--checkpoint-every", 4, "--resume", "auto")
@@ -280,7 +280,7 @@ def test_restarts_before_the_first_checkpoint_leave_no_duplicate_rows_and_no_loc
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert not list((tmp_path / "runs" / "r").glob(".*partial*"))
     # A run that stopped before its first checkpoint does not keep its name from a new run.
-    killed = run_bfn("train", *base, "--run-name", "s", env={"BFN_FAULT": "kill:2:0"}, cwd=tmp_path)
+    killed = run_bfn("train", *base, "--run-name", "s", faults="kill:2:0", cwd=tmp_path)
     assert killed.returncode == -signal.SIGKILL
     again = _train(call, tmp_path, "--run-name", "s", "--max-steps", 2, "--set", "optim.lr=3e-3")
     assert again.returncode == 0, again.stderr
@@ -336,9 +336,15 @@ def test_a_batch_that_cannot_fit_in_memory_is_refused_before_the_run_exists(call
     assert not (tmp_path / "runs" / "big").exists()
 
 
-def test_a_bad_fault_injection_value(call, tmp_path):
-    assert_one_line_error(_train(call, tmp_path, "--run-name", "r", "--max-steps", 2, env={"BFN_FAULT": "kill:x"}),
-                          "BFN_FAULT", "kill:STEP")
+def test_no_environment_variable_makes_bfn_kill_itself(tmp_path):
+    # Crash tests inject faults from outside (tests/fault_injection.py); the product has no such hook.
+    result = _train(run_bfn, tmp_path, "--run-name", "r", "--max-steps", 3, "--checkpoint-every", 2,
+                    env={"BFN_FAULT": "kill:1:0;kill-save:2;nan:1"})
+    assert result.returncode == 0, result.stderr
+    assert "ignoring environment variable BFN_FAULT: no such config key" in result.stderr
+    assert "non-finite" not in result.stderr
+    assert sorted(p.name for p in (tmp_path / "runs" / "r" / "checkpoints").iterdir()) == ["step-00000002",
+                                                                                         "step-00000003"]
 
 
 # ------------------------------------------------------------------------------ interrupts
@@ -437,3 +443,273 @@ def test_two_processes_needing_one_dataset_file_download_it_once(tmp_path):
     assert {out.strip() for out, _ in outputs} == {str(tmp_path / "data" / "data.bin")}
     assert (tmp_path / "data" / "data.bin").read_bytes() == body and len(gets) == 1
     assert not list((tmp_path / "data").glob("*.part"))
+
+
+# ------------------------------------------------------------------ one writer per run (item 3)
+def test_one_run_has_one_writer(call, tmp_path):
+    _train(call, tmp_path, "--run-name", "warm-up", "--max-steps", 1)  # writes the data file
+    lock = tmp_path / "runs" / "r" / ".lock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bfncli", "train", *map(str, TINY), "--data", str(tmp_path / "tiny.safetensors"),
+         "--runs-dir", str(tmp_path / "runs"), "--run-name", "r", "--max-steps", "100000", "--checkpoint-every", "2"],
+        stderr=subprocess.DEVNULL, cwd=tmp_path, env={k: v for k, v in os.environ.items() if not k.startswith("BFN_")})
+    try:
+        metrics = tmp_path / "runs" / "r" / "metrics.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+            time.sleep(0.2)
+        rows = metrics.read_text()
+        second = _train(call, tmp_path, "--run-name", "r", "--resume", "auto", "--max-steps", 100000)
+        assert_one_line_error(second, "run 'r' is being written by another bfn train", f"(process {proc.pid}, since",
+                              "one run has one writer")
+        again = _train(call, tmp_path, "--run-name", "r", "--max-steps", 100000)  # a new run of the same name
+        assert again.returncode == 2 and "Traceback" not in again.stderr
+        assert proc.poll() is None and metrics.read_text().startswith(rows)  # the writer was not disturbed
+    finally:
+        proc.kill()  # SIGKILL: its lock file stays behind, stale
+        proc.wait()
+    assert lock.exists()
+    resumed = _train(call, tmp_path, "--run-name", "r", "--resume", "auto", "--max-steps", 12)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not lock.exists()  # released at the end
+    lock.write_text(json.dumps({"pid": 4242, "host": "elsewhere.example", "since": "2026-01-01 00:00:00"}))
+    other_host = _train(call, tmp_path, "--run-name", "r", "--resume", "auto", "--max-steps", 13)
+    assert_one_line_error(other_host, "locked by process 4242 on host elsewhere.example", f"delete {lock}")
+    lock.unlink()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder_and_no_lock(call, tmp_path):
+    result = _train(call, tmp_path, "--run-name", "big", "--set", "train.batch_size=400000000", "--max-steps", 1)
+    assert result.returncode == 2
+    assert not (tmp_path / "runs" / "big").exists()
+
+
+# ------------------------------------------------------------------- labels and names (4, 7, 14)
+def test_labels_must_fit_the_examples_before_anything_is_allocated(call, tmp_path):
+    data = torch.zeros(20, 8, 8, 1)
+    save_file({"data": data, "labels": torch.tensor([0, 1] * 9 + [1, 2**62])}, str(tmp_path / "huge.safetensors"))
+    result = call("train", "--preset", "default-cond", "--data", tmp_path / "huge.safetensors", "--max-steps", 1)
+    assert_one_line_error(result, f"'labels' go up to {2**62} but there are only 20 examples")
+    save_file({"data": data, "labels": torch.tensor([0, 1, 0])}, str(tmp_path / "short.safetensors"))
+    result = call("train", "--preset", "default-cond", "--data", tmp_path / "short.safetensors", "--max-steps", 1)
+    assert_one_line_error(result, "'labels' has shape (3,) but there are 20 examples", "shape (20,)")
+    assert "{count}" not in result.stderr
+
+
+def test_run_names_that_cannot_be_folders(call, tmp_path):
+    assert_one_line_error(_train(call, tmp_path, "--run-name", "a" * 300, "--max-steps", 1),
+                          "--run-name is 300 characters (300 bytes) long", "at most 255")
+    assert_one_line_error(_train(call, tmp_path, "--run-name", "a" * 300, "--resume", "auto"), "at most 255")
+    assert_one_line_error(_train(call, tmp_path, "--run-name", "", "--max-steps", 1), "must be a plain name")
+    assert_one_line_error(_train(call, tmp_path, "--run-name", "a\nb", "--max-steps", 1), "control characters")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# ------------------------------------------------------------- samples files (items 5, 7, 8, 9, 14, 15)
+@pytest.fixture(scope="module")
+def drawn(runs, tmp_path_factory):
+    """A samples file of each kind: 4 image samples and 2 texts from the shared tiny runs."""
+    root = tmp_path_factory.mktemp("drawn")
+    for name, shape in (("img", "4,8,8,1"), ("txt", None)):
+        args = ["--shape", shape] if shape else []
+        result = run_bfn("sample", "--checkpoint", ckpt(runs, name), "--steps", 2, *args, "-o", root / f"{name}.safetensors")
+        assert result.returncode == 0, result.stderr
+    return root
+
+
+def _tampered(source: Path, target: Path, change) -> Path:
+    with safe_open(str(source), "pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(source))
+    change(tensors, meta)
+    save_file(tensors, str(target), metadata=meta)
+    return target
+
+
+def _set(name, value):
+    return lambda tensors, meta: tensors.__setitem__(name, value(tensors[name]))
+
+
+def _meta(key, value):
+    return lambda tensors, meta: meta.__setitem__(key, value)
+
+
+def _with_classes(ids, names):
+    def change(tensors, meta):
+        tensors["classes"] = torch.tensor(ids)
+        meta["class_names"] = json.dumps(names)
+    return change
+
+
+@pytest.mark.parametrize("kind,change,needle", [
+    ("img", _set("samples", lambda x: x.index_fill(0, torch.tensor([1]), float("nan"))), "NaN or infinite"),
+    ("img", _set("samples", lambda x: x.index_fill(0, torch.tensor([1]), float("inf"))), "NaN or infinite"),
+    ("img", _set("samples", lambda x: x * 1.5), "outside [-1, 1]"),
+    ("img", _set("samples", lambda x: x.long()), "int64 discretized image samples"),
+    ("img", _set("samples", lambda x: x[:0]), "holds no samples"),
+    ("img", _meta("num_bins", "0"), "num_bins is '0'"),
+    ("img", _meta("num_bins", "1"), "num_bins is '1'"),
+    ("img", _meta("num_bins", "-16"), "num_bins is '-16'"),
+    ("img", _meta("num_bins", "nan"), "num_bins is 'nan'"),
+    ("img", _meta("num_bins", "1e20"), "num_bins is '1e20'"),
+    ("img", _with_classes([0, 1, 2, 99], ["a", "b", "c"]), "class ids from 0 to 99 but names 3 classes"),
+    ("img", _with_classes([0, 1, 2, -1], ["a", "b", "c"]), "class ids from -1 to 2"),
+    ("img", _with_classes([0.0, 1.0, 2.0, 0.0], ["a", "b", "c"]), "classes are float32"),
+    ("txt", _set("samples", lambda x: x.index_fill(0, torch.tensor([1]), -1)), "values from -1 to"),
+    ("txt", _set("samples", lambda x: x.index_fill(0, torch.tensor([1]), 27)), "text ids are 0..26"),
+    ("txt", _set("samples", lambda x: x.float()), "float32 text samples"),
+    ("txt", _set("samples", lambda x: x[:0]), "holds no samples"),
+    ("txt", _meta("num_bins", "5"), "text samples have 27 classes"),
+])
+def test_render_and_eval_agree_on_what_a_valid_samples_file_is(call, runs, drawn, tmp_path, kind, change, needle):
+    bad = _tampered(drawn / f"{kind}.safetensors", tmp_path / "bad.safetensors", change)
+    rendered = call("render", bad, *(["-o", tmp_path / "grid.png"] if kind == "img" else []))
+    assert_one_line_error(rendered, needle)
+    assert not (tmp_path / "grid.png").exists()
+    scored = call("eval", "--samples", bad, "--checkpoint", ckpt(runs, kind))
+    assert_one_line_error(scored, needle)
+    assert scored.stderr.split(": ", 1)[1] == rendered.stderr.split(": ", 1)[1]  # one validation, one message
+
+
+def test_huge_or_unrepresentable_sampling_settings(call, checkpoint, tmp_path):
+    out = tmp_path / "never.safetensors"
+    for sampler in ("paper", "ode", "auto"):
+        result = call("sample", "--checkpoint", checkpoint, "--sampler", sampler, "--steps", 10**12, "-o", out)
+        assert_one_line_error(result, "--steps 1000000000000 is more than the largest sensible value, 1,000,000")
+    flow = call("sample", "--checkpoint", checkpoint, "--steps", 10**6, "--trajectory", "--frames", 10**6,
+                "--shape", "100000,8,8,1", "-o", out)
+    assert_one_line_error(flow, "the recorded flow (750000 frames of 100000 samples) needs at least 35762.8 GiB",
+                          "record fewer --frames")
+    eta = call("sample", "--checkpoint", checkpoint, "--sampler", "ode", "--eta", "1e-300", "-o", out)
+    assert_one_line_error(eta, "--eta 1e-300 is too small for the float32", "use --eta 1.2e-38 or more")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--shape", "2,,8,8,1"], ["--shape '2,,8,8,1' has empty entries (at positions 2)"]),
+    (["--shape", "4x8x8x1"], ["--shape '4x8x8x1' is not comma-separated integers", "--shape 4,8,8,1"]),
+    (["--shape", "4,8,8,1,"], ["has empty entries (at positions 5)"]),
+    (["--frames", "5"], ["--frames sets how many steps --trajectory records"]),
+])
+def test_lenient_sampling_options_are_refused(call, checkpoint, tmp_path, args, needles):
+    out = tmp_path / "never.safetensors"
+    assert_one_line_error(call("sample", "--checkpoint", checkpoint, *args, "-o", out), *needles)
+    assert not out.exists()
+
+
+def test_empty_class_entries_are_named(call, runs, tmp_path):
+    cond = tmp_path / "cond.safetensors"
+    save_file({"data": torch.zeros(4, 8, 8, 1), "labels": torch.tensor([0, 1, 0, 1])}, str(tmp_path / "d.safetensors"))
+    trained = call("train", "--preset", "default-cond", *IMAGE, "--data", tmp_path / "d.safetensors", "--run-name", "c",
+                   "--runs-dir", tmp_path / "runs", "--max-steps", 1, "--set", "train.batch_size=4")
+    assert trained.returncode == 0, trained.stderr
+    shutil.copy(next((tmp_path / "runs" / "c").glob("checkpoints/step-*/model.safetensors")), cond)
+    result = call("sample", "--checkpoint", cond, "--class", ",,,", "-o", tmp_path / "s.safetensors")
+    assert_one_line_error(result, "--class ',,,' has empty entries (at positions 1, 2, 3, 4 of 4)")
+    result = call("sample", "--checkpoint", cond, "--class", "0,,1", "-o", tmp_path / "s.safetensors")
+    assert_one_line_error(result, "(at positions 2 of 3)")
+
+
+def test_render_to_a_folder_is_a_user_error(call, drawn, tmp_path):
+    (tmp_path / "existing_dir.png").mkdir()
+    assert_one_line_error(call("render", drawn / "img.safetensors", "-o", tmp_path / "existing_dir.png"),
+                          "is a folder", code=2)
+    assert_one_line_error(call("render", drawn / "img.safetensors", "-o", tmp_path / "nowhere" / "x.png"),
+                          "the output folder", "does not exist", code=2)
+
+
+def test_render_says_how_many_damaged_metrics_lines_it_skipped(call, tmp_path):
+    assert _train(call, tmp_path, "--run-name", "r", "--max-steps", 2).returncode == 0
+    with open(tmp_path / "runs" / "r" / "metrics.jsonl", "ab") as f:
+        f.write(b"[1, 2]\n\xff\xfe not utf-8\n\"a string\"\n\n")
+    result = call("render", tmp_path / "runs" / "r")
+    assert result.returncode == 0, result.stderr
+    assert "skipped 3 damaged lines of" in result.stderr  # the empty line is no damage
+
+
+# ------------------------------------------------------------------------- files (items 13, 14)
+def test_a_npy_header_that_claims_a_huge_shape_is_a_malformed_file(call, tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "ok.npy", np.zeros((3, 8, 8, 1), dtype=np.float32))
+    data = (tmp_path / "ok.npy").read_bytes()
+    claimed = "(1000000000000, 8, 8, 1), }"
+    header = data[:128].decode("latin1").replace("(3, 8, 8, 1), }" + " " * (len(claimed) - 15), claimed)
+    assert len(header) == 128
+    (tmp_path / "huge.npy").write_bytes(header.encode("latin1") + data[128:])
+    result = call("train", "--data", tmp_path / "huge.npy", "--max-steps", 1)
+    assert_one_line_error(result, "is a malformed .npy file", "(1000000000000, 8, 8, 1) values of float32",
+                          "holds 768 bytes", code=2)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_picture_too_large_to_be_an_example(call, checkpoint, tmp_path):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    _png_header_only(folder / "huge.png", 40000, 40000)
+    assert_one_line_error(call("train", "--data", folder, "--max-steps", 1),
+                          "image", "huge.png' is too large (40000x40000 pixels", "scale it down")
+    assert_one_line_error(call("sample", "--checkpoint", checkpoint, "--image", folder / "huge.png", "--mask",
+                               "0,0,4,4", "-o", tmp_path / "s.safetensors"), "--image", "is too large")
+
+
+def test_convert_against_the_file_size_limit_says_so(runs, tmp_path):
+    import resource
+
+    limit = 4096
+    result = subprocess.run(
+        [sys.executable, "-m", "bfncli", "convert", str(ckpt(runs, "mnist")), "-o", str(tmp_path / "x.pt")],
+        capture_output=True, text=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert_one_line_error(result, "cannot write", "x.pt", "File too large", code=1)
+    assert "enforce" not in result.stderr and not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- pictures (item 17)
+def test_every_picture_is_read_through_one_helper(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from bfncli.data.pictures import read_picture
+
+    dark = np.ones((8, 8), dtype=np.uint8)  # a JPEG mask whose values are all 1 of 255: black
+    Image.fromarray(dark).save(tmp_path / "dark.jpg", quality=100)
+    assert read_picture(tmp_path / "dark.jpg", "--mask").max() <= 3
+    turned = np.zeros((2, 3, 3), dtype=np.uint8)
+    turned[0, 0, 0] = 255  # a red pixel at the top left of a 3-wide, 2-high picture
+    picture = Image.fromarray(turned)
+    exif = picture.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to show"
+    picture.save(tmp_path / "phone.png", exif=exif)
+    shown = read_picture(tmp_path / "phone.png", "image")
+    assert shown.shape == (3, 2, 3) and shown[0, 1].tolist() == [255, 0, 0]
+    deep = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4369)  # 16-bit grey, 0..65535
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert read_picture(tmp_path / "deep.png", "image")[..., 0].tolist() == (np.arange(16) * 17).reshape(4, 4).tolist()
+    palette = Image.new("P", (2, 2))
+    palette.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    palette.putpixel((0, 0), 1)
+    palette.save(tmp_path / "palette.png")
+    assert read_picture(tmp_path / "palette.png", "image")[..., 0].tolist() == [[255, 0], [0, 0]]
+    Image.fromarray(np.full((2, 2, 4), 200, dtype=np.uint8), "RGBA").save(tmp_path / "alpha.png")
+    assert read_picture(tmp_path / "alpha.png", "image").shape == (2, 2, 1)
+
+
+def test_a_dark_jpeg_mask_means_nothing_is_unknown(call, checkpoint, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.ones((8, 8), dtype=np.uint8)).save(tmp_path / "mask.jpg", quality=100)
+    Image.fromarray(np.full((8, 8), 128, dtype=np.uint8)).save(tmp_path / "digit.png")
+    result = call("sample", "--checkpoint", checkpoint, "--image", tmp_path / "digit.png", "--mask",
+                  tmp_path / "mask.jpg", "-o", tmp_path / "s.safetensors")
+    assert_one_line_error(result, "--mask leaves nothing to fill in")  # black everywhere: all known

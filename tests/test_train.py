@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import assert_one_line_error, run_bfn
+from conftest import FAULT_INJECTION, assert_one_line_error, run_bfn
 from safetensors.torch import load_file, save_file
 
 # A very small network on 20 examples in batches of 8: epochs end mid-step and on step boundaries.
@@ -27,13 +27,10 @@ def work(tmp_path):
     return tmp_path
 
 
-def train(work, name, *extra, env=None, steps=10, runner=run_bfn):
+def train(work, name, *extra, env=None, steps=10, runner=run_bfn, faults=None):
+    more = {"faults": faults} if faults else {}
     return runner("train", *TINY, "--data", work / "tiny.safetensors", "--runs-dir", work / "runs",
-                   "--run-name", name, "--max-steps", steps, *extra, env=env, cwd=work)
-
-
-def final_state(work, name, step=10):
-    return load_file(str(work / "runs" / name / "checkpoints" / f"step-{step:08d}" / "state.safetensors"))
+                  "--run-name", name, "--max-steps", steps, *extra, env=env, cwd=work, **more)
 
 
 def losses(work, name):
@@ -41,11 +38,19 @@ def losses(work, name):
     return [(r["step"], r["loss"]) for r in map(json.loads, lines) if "loss" in r]
 
 
-def assert_same_run(work, a, b):
-    sa, sb = final_state(work, a), final_state(work, b)
-    assert sa.keys() == sb.keys() and any(k.startswith("optim.") for k in sa)
-    for key in sa:
-        assert torch.equal(sa[key], sb[key]), key  # weights, EMA and optimizer state, bit for bit
+def assert_same_run(work, a, b, step=10):
+    """Every tensor of the two runs' last checkpoints (raw weights, EMA weights and buffers, optimizer
+    state, the release file), every logged loss and the counters are equal, bit for bit."""
+    for name in ("model.safetensors", "state.safetensors"):
+        sa, sb = (load_file(str(work / "runs" / run / "checkpoints" / f"step-{step:08d}" / name)) for run in (a, b))
+        assert sa.keys() == sb.keys()
+        differ = {key: float((sa[key].double() - sb[key].double()).abs().max()) for key in sa
+                  if not torch.equal(sa[key], sb[key])}
+        assert not differ, f"{name}: {differ}"
+    assert any(k.startswith("optim.") for k in sa) and "ema.input_adapter.pos_feats" in sa  # buffers too
+    info = [json.loads((work / "runs" / run / "checkpoints" / f"step-{step:08d}" / "state.json").read_text())
+            for run in (a, b)]
+    assert info[0] == info[1]
     assert losses(work, a) == losses(work, b)
 
 
@@ -63,7 +68,7 @@ def reference(work):
 ])
 def test_resume_after_sigkill_is_bit_for_bit(reference, fault, extra):
     work = reference
-    killed = train(work, "cut", *extra, env={"BFN_FAULT": fault})
+    killed = train(work, "cut", *extra, faults=fault)
     assert killed.returncode == -signal.SIGKILL
     resumed = train(work, "cut", "--resume", "auto", *extra)
     assert resumed.returncode == 0, resumed.stderr
@@ -74,7 +79,7 @@ def test_resume_after_sigkill_is_bit_for_bit(reference, fault, extra):
 def test_resume_mid_accumulation_is_bit_for_bit(work):
     acc = ["--set", "train.accumulate=2"]
     assert train(work, "ref2", *acc).returncode == 0
-    assert train(work, "cut2", *acc, env={"BFN_FAULT": "kill:6:1"}).returncode == -signal.SIGKILL
+    assert train(work, "cut2", *acc, faults="kill:6:1").returncode == -signal.SIGKILL
     assert train(work, "cut2", *acc, "--resume", "auto").returncode == 0
     assert_same_run(work, "ref2", "cut2")
 
@@ -94,7 +99,7 @@ def start_long_run(work, name, logged=3):
     proc = subprocess.Popen(
         [sys.executable, "-m", "bfncli", "train", *TINY, "--data", str(work / "tiny.safetensors"),
          "--runs-dir", str(work / "runs"), "--run-name", name, "--max-steps", "100000"],
-        stderr=subprocess.PIPE, text=True, cwd=work, env={k: v for k, v in os.environ.items() if k != "BFN_FAULT"})
+        stderr=subprocess.PIPE, text=True, cwd=work, env={k: v for k, v in os.environ.items() if not k.startswith("BFN_")})
     metrics = work / "runs" / name / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < logged):
@@ -132,24 +137,23 @@ def test_a_second_signal_exits_at_once_and_the_last_checkpoint_survives(work):
 
 
 def test_non_finite_steps_are_skipped_then_stop(work):
-    result = train(work, "nan", env={"BFN_FAULT": "nan:2"})
+    result = train(work, "nan", faults="nan:2")
     assert result.returncode == 0, result.stderr
     assert "step 3: non-finite loss or gradients; step skipped" in result.stderr
     info = json.loads((work / "runs" / "nan" / "checkpoints" / "step-00000010" / "state.json").read_text())
     assert info["skipped_steps"] == 1
     weights = load_file(str(work / "runs" / "nan" / "checkpoints" / "step-00000010" / "model.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())
-    stop = train(work, "nan2", "--set", "train.max_nonfinite_steps=3", env={"BFN_FAULT": "nan:3,4,5,6"})
+    stop = train(work, "nan2", "--set", "train.max_nonfinite_steps=3", faults="nan:3,4,5,6")
     assert stop.returncode == 1 and "Traceback" not in stop.stderr
     assert stop.stderr.strip().splitlines()[-1].startswith("bfn train: stopping: 3 non-finite steps in a row at step 6")
 
 
 def test_two_processes_train_in_step(work):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "bfncli", "train", *TINY, "--data", str(work / "tiny.safetensors"), "--runs-dir",
+           str(FAULT_INJECTION), "check-sync", "train", *TINY, "--data", str(work / "tiny.safetensors"), "--runs-dir",
            str(work / "runs"), "--run-name", "ddp", "--max-steps", "6", "--set", "train.val_every=3"]
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BFN_")}, "BFN_FAULT": "check-sync",
-           "OMP_NUM_THREADS": "1"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("BFN_")}, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[:3000]  # the first lines say why
     records = [json.loads(line) for line in (work / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]

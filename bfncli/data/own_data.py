@@ -19,6 +19,8 @@ Labels (read only when asked for):
 from __future__ import annotations
 
 import json
+import math
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -27,6 +29,7 @@ import torch
 from torch import Tensor
 
 from bfncli.data.examples import DataSpec, TensorExamples, encode_text
+from bfncli.data.pictures import SUFFIXES, read_picture
 from bfncli.errors import UserError
 
 
@@ -51,7 +54,6 @@ def read_text_file(path: Path) -> Tensor:
     return codes
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _entries(folder: Path) -> list[Path]:
@@ -62,7 +64,7 @@ def _entries(folder: Path) -> list[Path]:
 
 
 def _pictures_in(folder: Path) -> list[Path]:
-    return [p for p in _entries(folder) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    return [p for p in _entries(folder) if p.suffix.lower() in SUFFIXES and p.is_file()]
 
 
 def _folder_layout(folder: Path) -> tuple[list[Path], tuple[str, ...], list[int]]:
@@ -86,27 +88,6 @@ def _folder_layout(folder: Path) -> tuple[list[Path], tuple[str, ...], list[int]
         files += pictures
         labels += [index] * len(pictures)
     return files, tuple(d.name for d in subfolders), labels
-
-
-def _read_picture(path: Path) -> Tensor:
-    """(H, W, C) uint8 with C = 1 (grey) or 3 (RGB; alpha dropped)."""
-    from matplotlib import image as mpimg
-
-    try:
-        array = mpimg.imread(str(path))
-    except Exception as err:  # PIL has many ways to fail on a bad file
-        raise UserError(f"cannot read image '{path}' ({type(err).__name__}); is it a valid PNG or JPEG?") from None
-    pixels = torch.tensor(array)  # a copy: the decoder's array is read-only
-    if pixels.is_floating_point():
-        pixels = (pixels * 255).round().clamp(0, 255)
-    pixels = pixels.to(torch.uint8)
-    if pixels.dim() == 2:
-        pixels = pixels.unsqueeze(-1)
-    if pixels.shape[-1] == 4:
-        pixels = pixels[..., :3]
-    if pixels.shape[-1] == 3 and torch.equal(pixels[..., 0], pixels[..., 1]) and torch.equal(pixels[..., 1], pixels[..., 2]):
-        pixels = pixels[..., :1]  # grey stored as RGB
-    return pixels
 
 
 def image_folder_spec(folder: Path, num_bins: int, labels: bool = False) -> DataSpec:
@@ -144,7 +125,7 @@ def _stamped(folder: Path) -> tuple[Path, tuple[int, ...]]:
 @lru_cache(maxsize=1)
 def _read_image_folder(folder: Path, stamp: tuple[int, ...]) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     files, names, labels = _folder_layout(folder)
-    pictures = [_read_picture(f) for f in files]
+    pictures = [read_picture(f, "image") for f in files]
     first = pictures[0].shape[:2]
     for f, p in zip(files, pictures):
         if p.shape[:2] != first:
@@ -192,6 +173,7 @@ def read_tensor_file(path: Path, num_bins: int, labels: bool = False) -> TensorE
             import numpy as np
         except ImportError:
             raise UserError("reading .npy files needs numpy: pip install numpy, or use .safetensors") from None
+        _check_npy_size(path, np)
         try:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as err:
@@ -212,6 +194,29 @@ def read_tensor_file(path: Path, num_bins: int, labels: bool = False) -> TensorE
                         "beside 'data'")
     label_tensor, names = checked_labels(label_tensor, data.shape[0], _class_names(names_json, path), f"'{path}'")
     return TensorExamples(data, DataSpec(spec.kind, spec.shape, spec.num_bins, spec.n_classes, names), label_tensor)
+
+
+def _check_npy_size(path: Path, np) -> None:
+    """A .npy file whose header promises more data than the file holds is malformed: say so before
+    numpy allocates what the header claims (which may be more memory than any machine has)."""
+    from numpy.lib import format as npy
+
+    try:
+        with open(path, "rb") as f:
+            version = npy.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                return  # other versions: numpy's own checks
+            read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            have = os.fstat(f.fileno()).st_size - f.tell()
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"'{path}' is not a readable .npy array ({str(err)[:80]})") from None
+    if dtype.hasobject:
+        return  # refused below without reading it (no pickles)
+    need = math.prod(shape) * dtype.itemsize
+    if need > have:
+        raise UserError(f"'{path}' is a malformed .npy file: its header says {tuple(shape)} values of {dtype} "
+                        f"({need:,} bytes) but it holds {have:,} bytes of data; save the array again")
 
 
 def _class_names(names_json: Optional[str], path: Path) -> Optional[tuple[str, ...]]:
@@ -235,7 +240,7 @@ def checked_labels(labels: Tensor, count: int, names: Optional[tuple[str, ...]],
                         "integers 0..C-1")
     if labels.dim() != 1 or labels.numel() != count:
         raise UserError(f"{where}: 'labels' has shape {tuple(labels.shape)} but there are {count} examples; give one "
-                        "class id per example, shape ({count},)")
+                        f"class id per example, shape ({count},)")
     labels = labels.long()
     if labels.min() < 0:
         raise UserError(f"{where}: 'labels' has negative values; class ids are 0..C-1")
@@ -245,6 +250,10 @@ def checked_labels(labels: Tensor, count: int, names: Optional[tuple[str, ...]],
             raise UserError(f"{where}: 'labels' go up to {top} but 'class_names' names {len(names)} classes; name "
                             "every class, in class-id order")
         return labels, names
+    if top >= count:  # every class 0..top must occur, so there can be at most as many as examples
+        raise UserError(f"{where}: 'labels' go up to {top} but there are only {count} examples, so most classes "
+                        "0..C-1 never occur; number the classes 0..C-1 without gaps, or name them all in the "
+                        "metadata 'class_names'")
     missing = sorted(set(range(top + 1)) - set(labels.unique().tolist()))
     if missing:
         shown = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")

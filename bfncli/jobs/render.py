@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -16,8 +15,8 @@ from torch import Tensor
 from bfncli.atomic_files import fsync_file
 from bfncli.data.examples import decode_text as decode
 from bfncli.errors import UserError
-from bfncli.jobs.run_directory import read_metrics
-from bfncli.samples_file import parse_samples, read_samples_file
+from bfncli.jobs.run_directory import read_metrics_counted
+from bfncli.samples_file import class_names_of, parse_samples, read_samples_file
 
 
 # ------------------------------------------------------------------------------ pictures
@@ -54,6 +53,10 @@ def _writing(path: Path, fig=None):
     ``path`` only when complete; an OSError becomes one line; ``fig`` is closed whatever happens."""
     partial = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     try:
+        if path.is_dir():
+            raise UserError(f"-o '{path}' is a folder; give the name of a file to write, e.g. '{path / path.name}'")
+        if not path.parent.is_dir():
+            raise UserError(f"the output folder '{path.parent}' does not exist; create it or choose another -o")
         yield partial
         fsync_file(partial)
         os.replace(partial, path)
@@ -108,11 +111,8 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
         tensors, meta = parse_samples(sys.stdin.buffer.read(), "standard input")
     else:
         tensors, meta = read_samples_file(Path(source))
-    kind, where = meta["kind"], "standard input" if source is None else f"'{source}'"
-    if "flow_input" in tensors:
-        if not {"flow_prediction", "flow_steps"} <= tensors.keys():
-            raise UserError(f"{where} is an incomplete trajectory (no flow_prediction/flow_steps); record it again "
-                            "with bfn sample --trajectory")
+    kind = meta["kind"]
+    if "flow_input" in tensors:  # complete and sane: see samples_file.check_samples
         return render_trajectory(tensors, meta, output, cols)
     samples = tensors["samples"]
     if kind == "text":
@@ -126,14 +126,12 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
             partial.write_text(text)
         sys.stderr.write(f"wrote {samples.shape[0]} lines of text to {output}\n")
         return output
-    if samples.dim() != 4:
-        raise UserError(f"image samples must be (N, H, W, C); these are {tuple(samples.shape)}")
     output = output or Path("samples.png")
     if output.suffix.lower() != ".png":
         raise UserError(f"image grids are PNG files; name the output e.g. '{output.with_suffix('.png')}'")
     images = to_unit(samples, kind)
     if "classes" in tensors:
-        _save_class_rows(images, tensors["classes"], _class_names(meta), output, cols)
+        _save_class_rows(images, tensors["classes"], class_names_of(meta), output, cols)
     else:
         _save_png(grid(images, cols), output)
     if preview:
@@ -150,14 +148,6 @@ def _count(meta: dict[str, str], key: str, default: int) -> int:
                         "samples again") from None
 
 
-def _class_names(meta: dict[str, str]) -> list[str]:
-    try:
-        names = json.loads(meta.get("class_names", "[]"))
-    except ValueError:
-        names = []
-    return [str(n) for n in names] if isinstance(names, list) else []
-
-
 def _save_class_rows(images: Tensor, classes: Tensor, names: list[str], output: Path, cols: Optional[int]) -> None:
     """The pictures grouped by class, in class order, each class starting a new row and labelled with
     its name; a class with more pictures than fit in a row (``cols``, by default about the square
@@ -167,10 +157,7 @@ def _save_class_rows(images: Tensor, classes: Tensor, names: list[str], output: 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    classes = classes.reshape(-1).long()
-    if len(classes) != len(images):
-        raise UserError(f"the samples file is damaged: {len(classes)} classes for {len(images)} samples; draw the "
-                        "samples again")
+    classes = classes.reshape(-1).long()  # one per sample (checked when the file was read)
     order = sorted(set(classes.tolist()))
     groups = [images[classes == c] for c in order]
     width = cols or min(max(len(g) for g in groups), max(10, math.ceil(math.sqrt(len(images)))))
@@ -285,9 +272,12 @@ def render_run(run_dir: Path, output: Optional[Path]) -> Path:
         raise UserError(f"'{run_dir}' is not a bfn run directory (no metrics.jsonl); train one with bfn train")
     train, val = [], []
     try:
-        records = read_metrics(metrics)
+        records, skipped = read_metrics_counted(metrics)
     except OSError as err:
         raise UserError(f"cannot read '{metrics}': {err.strerror or err}") from None
+    if skipped:
+        sys.stderr.write(f"skipped {skipped} damaged line{'s' if skipped > 1 else ''} of {metrics} (not JSON records "
+                         "with a step); the curves show the rest\n")
     for record in records:
         if isinstance(record.get("loss"), (int, float)):
             train.append((record["step"], record["loss"]))

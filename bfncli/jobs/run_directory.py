@@ -14,7 +14,7 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from bfncli.atomic_files import remove_stale_partials, write_text_atomic
 from bfncli.errors import UserError
@@ -44,14 +44,16 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str], resume: Optional[str],
-             announce: bool) -> tuple[Path, Optional[Path]]:
-    """The run directory, and the checkpoint to start from (None: a fresh run)."""
+                   announce: bool, claim: Callable[[Path], None] = lambda run_dir: None) -> tuple[Path, Optional[Path]]:
+    """The run directory, and the checkpoint to start from (None: a fresh run). ``claim(run_dir)`` is
+    called as soon as the run directory is known, before anything is said about it (the run lock)."""
     if resume not in (None, "auto"):
         path = Path(resume)
         if not path.exists():
             raise UserError(f"--resume {resume}: no such checkpoint; use --resume auto or a checkpoint directory")
         if path.name == "checkpoints" or (path / "checkpoints").is_dir():
             path = path if path.name == "checkpoints" else path / "checkpoints"
+            claim(path.parent)
             best, skipped = find_resumable(path.parent)
             report_skipped(skipped, announce)
             if best is None:
@@ -61,6 +63,7 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
         if path.parent.name != "checkpoints":
             raise UserError(f"--resume {resume}: not a checkpoint of a run (runs/NAME/checkpoints/step-...); give "
                             "one inside its run folder, or the run's checkpoints folder")
+        claim(path.parent.parent)
         problem = verify(path)
         if problem is not None:
             raise UserError(f"--resume {resume}: {problem}")
@@ -73,7 +76,9 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
                 raise UserError(f"--resume auto: no runs under {runs_dir}; start one without --resume")
             run_dir = runs[-1]
         else:
+            check_run_name(run_name)
             run_dir = runs_dir / run_name
+        claim(run_dir)
         best, skipped = find_resumable(run_dir)
         report_skipped(skipped, announce)
         if best is None and not never_got_anywhere(run_dir):
@@ -88,10 +93,10 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
             if announce:
                 sys.stderr.write(f"no checkpoint in {run_dir} yet: starting it from the beginning\n")
         return run_dir, best
-    name = run_name or f"{preset or 'default'}-{datetime.now():%Y%m%d-%H%M%S}"
-    if name in (".", "..") or "/" in name or os.sep in name:
-        raise UserError(f"--run-name '{name}' must be a plain name (a folder under --runs-dir), not a path")
+    name = run_name if run_name is not None else f"{preset or 'default'}-{datetime.now():%Y%m%d-%H%M%S}"
+    check_run_name(name)
     run_dir = runs_dir / name
+    claim(run_dir)
     if (run_dir / "config.yaml").exists():
         if not never_got_anywhere(run_dir):
             raise UserError(f"run '{run_dir}' already exists; continue it with --resume auto --run-name {name}, "
@@ -99,6 +104,21 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
         if announce:
             sys.stderr.write(f"run '{name}' stopped before its first checkpoint: starting it afresh\n")
     return run_dir, None
+
+
+NAME_MAX = 255  # bytes in one file name, on the usual file systems
+
+
+def check_run_name(name: str) -> None:
+    """A run's name is one folder name: not empty, not a path, no control characters, not too long."""
+    if not name.strip() or name in (".", "..") or "/" in name or os.sep in name:
+        raise UserError(f"--run-name '{name}' must be a plain name (a folder under --runs-dir), not a path")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise UserError(f"--run-name {name!r} has control characters; use letters, digits, '-', '_' or '.'")
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX:
+        raise UserError(f"--run-name is {len(name)} characters ({size} bytes) long; a folder name has at most "
+                        f"{NAME_MAX} bytes: choose a shorter one")
 
 
 def _initial_weights_of(run_dir: Path) -> Optional[str]:
@@ -193,18 +213,25 @@ def append_metrics(path: Path, record: dict[str, Any]) -> None:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a metrics file; lines that are not JSON objects (cut short by a crash, damaged,
     not UTF-8) are skipped."""
-    records = []
+    return read_metrics_counted(path)[0]
+
+
+def read_metrics_counted(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The records of a metrics file, and how many non-empty lines were skipped as damaged."""
+    records, skipped = [], 0
     if not Path(path).is_file():  # a device or a pipe (which may never end) holds no records to read
-        return records
+        return records, skipped
     with open(path, "rb") as f:
         for raw in f:
             try:
                 record = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, ValueError):
-                continue
+                record = None
             if isinstance(record, dict) and isinstance(record.get("step"), int):
                 records.append(record)
-    return records
+            elif raw.strip():
+                skipped += 1
+    return records, skipped
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -28,14 +28,23 @@ from bfncli.jobs.runtime import require_memory, resolve_checkpoint, setup
 from bfncli.samples_file import SAMPLES_FORMAT, samples_kind
 
 
+FRAMES = 20  # steps --trajectory records unless --frames says otherwise
+# The most --steps a sampling run may take: far more than any sampler needs (the paper's samples
+# take 1,000 at most), and few enough that the solvers' time grids stay small.
+MAX_STEPS = 1_000_000
+
+
 def parse_shape(text: Optional[str], model, default_count: int) -> tuple[int, ...]:
     shape = tuple(model.data_shape)
     if text is None:
         return (default_count, *shape)
-    try:
-        parts = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
-    except ValueError:
-        raise UserError(f"--shape must be comma-separated integers, got '{text}'") from None
+    entries = [p.strip() for p in text.split(",")]
+    if not all(p.lstrip("-").isdigit() and p.isascii() for p in entries):
+        empty = [str(i + 1) for i, p in enumerate(entries) if not p]
+        what = f"has empty entries (at positions {', '.join(empty)})" if empty else "is not comma-separated integers"
+        raise UserError(f"--shape '{text}' {what}; give the number of samples and the example's shape, e.g. "
+                        f"--shape 4,{','.join(map(str, shape))}")
+    parts = tuple(int(p) for p in entries)
     hint = f"this model makes examples of shape {','.join(map(str, shape))}: use --shape N,{','.join(map(str, shape))}"
     if len(parts) != len(shape) + 1 or parts[1:] != shape:
         raise UserError(f"--shape {text} cannot be produced; {hint}")
@@ -53,7 +62,7 @@ def run_sample(
     batch_size: Optional[int] = None,
     output: Optional[Path] = None,
     trajectory: bool = False,
-    frames: int = 20,
+    frames: Optional[int] = None,
     prompt: Optional[str] = None,
     template: Optional[str] = None,
     image: Optional[Path] = None,
@@ -76,6 +85,9 @@ def run_sample(
     for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--frames", frames)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
+    if frames is not None and not trajectory:
+        raise UserError("--frames sets how many steps --trajectory records; add --trajectory, or drop --frames")
+    frames = FRAMES if frames is None else frames
     runtime = setup(deterministic)
     path = resolve_checkpoint(checkpoint, runs_dir)
     if output is not None:
@@ -96,6 +108,17 @@ def run_sample(
                         f"{method.evaluations(method.min_steps)} network evaluations")
     if s.eta is not None and not method.takes_eta:
         raise UserError(f"--eta sets where the ode/sde solvers start; the '{method.name}' sampler starts at t = 0")
+    if s.steps > MAX_STEPS:
+        raise UserError(f"--steps {s.steps} is more than the largest sensible value, {MAX_STEPS:,} (the paper's "
+                        "samples take 1,000 steps at most, and the fast samplers far fewer)")
+    if s.eta is not None:
+        from bfncli.samplers.solvers import smallest_eta
+
+        lowest = smallest_eta(model.flow, model.data_shape)
+        if s.eta < lowest:
+            raise UserError(f"--eta {s.eta:g} is too small for the float32 arithmetic the network and the solver run "
+                            f"in (this model's schedule underflows below t = {lowest:.2g}); use --eta {lowest:.2g} or "
+                            "more")
 
     count = _sample_count(shape, classes, model, kind)
     condition = None
@@ -113,13 +136,9 @@ def run_sample(
                         "this model has no classes" if cfg.network.num_classes == 0 else
                         "--guidance needs classes: drop --class none")
 
-    state_bytes = 4 * math.prod(model.data_shape) * (model.flow.n_classes if model.discrete else 2)
-    batch = min(s.batch_size, count)
-    require_memory(count * 4 * math.prod(model.data_shape) + 8 * batch * state_bytes,
-                   f"{count} samples in batches of {batch}", "draw fewer samples (--shape) or lower --batch-size",
-                   runtime.device)
     evaluations = method.evaluations(method_steps)
     record_at = _frame_steps(evaluations - 1, frames) if trajectory else set()
+    _require_memory(model, count, min(s.batch_size, count), evaluations, len(record_at), runtime.device)
     from tqdm import tqdm
 
     bar = tqdm(total=evaluations * math.ceil(count / s.batch_size), desc=f"sample ({method.name})", unit="eval",
@@ -170,6 +189,24 @@ def run_sample(
     return _write(tensors, meta, output)
 
 
+def _require_memory(model, count: int, batch: int, evaluations: int, frames: int, device) -> None:
+    """Refuse, naming the biggest part and the bytes it needs, a run whose samples, sampling state,
+    time grid (a float per network evaluation, kept by the solvers) or recorded flow cannot fit."""
+    values = math.prod(model.data_shape) * (model.flow.n_classes if model.discrete else 1)
+    parts = [
+        (count * 4 * math.prod(model.data_shape) + 8 * batch * 4 * values * (1 if model.discrete else 2),
+         f"{count} samples in batches of {batch}", "draw fewer samples (--shape) or lower --batch-size"),
+        (32 * evaluations, f"a time grid of {evaluations:,} network evaluations", "lower --steps"),
+        (2 * 4 * frames * count * values, f"the recorded flow ({frames} frames of {count} samples)",
+         "record fewer --frames or fewer samples"),
+    ]
+    total = sum(nbytes for nbytes, _, _ in parts)
+    _, what, hint = max(parts)
+    shown = [(n, w) for n, w, _ in parts if n >= 0.01 * total]
+    said = what if len(shown) == 1 else " and ".join(f"{w} ({n / 2**30:.2f} GiB)" for n, w in shown)
+    require_memory(total, said, hint, device)
+
+
 def draw_samples(model, count: int, method, steps: int, seed: int, batch_size: int, device, eta=None,
                  condition=None, labels: Optional[Tensor] = None, guidance: float = 1.0, callback=None) -> Tensor:
     """``count`` samples with ``method`` (a Sampler), ``batch_size`` at a time. Sample j's randomness is
@@ -187,9 +224,19 @@ def draw_samples(model, count: int, method, steps: int, seed: int, batch_size: i
     return torch.cat(outputs)
 
 
+def _class_list(text: str) -> list[str]:
+    """The entries of --class A,B,C; empty ones (',,' or a trailing ',') are refused by position."""
+    entries = [part.strip() for part in text.split(",")]
+    empty = [str(i + 1) for i, part in enumerate(entries) if not part]
+    if empty:
+        raise UserError(f"--class '{text}' has empty entries (at positions {', '.join(empty)} of {len(entries)}); give "
+                        "one class for all samples or one per sample, separated by commas")
+    return entries
+
+
 def _sample_count(shape: Optional[str], classes: Optional[str], model, kind: str) -> int:
     """--shape's N; else as many as classes listed (--class 3,3,7); else 16 pictures or 4 texts."""
-    listed = len(classes.split(",")) if classes and "," in classes else None
+    listed = len(_class_list(classes)) if classes and "," in classes else None
     if shape is not None:
         count = parse_shape(shape, model, 0)[0]
         if listed is not None and listed != count:
@@ -215,7 +262,7 @@ def class_labels(text: Optional[str], count: int, cfg, kind: str) -> Optional[Te
         return torch.arange(count) % k
     if text.strip().lower() == "none":
         return torch.full((count,), k)
-    wanted = [part.strip() for part in text.split(",")]
+    wanted = _class_list(text)
     out = []
     for item in wanted:
         if item in names:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
 import time
 from functools import cached_property
@@ -24,7 +23,6 @@ from bfncli.atomic_files import remove_stale_partials, write_text_atomic
 from bfncli.config import BFNConfig, resolve_config
 from bfncli.errors import UserError
 from bfncli.jobs.data_order import DataOrder, mix
-from bfncli.jobs.fault_injection import Faults
 from bfncli.jobs.initial_weights import load_initial_weights
 from bfncli.jobs.run_directory import (
     append_metrics,
@@ -33,6 +31,7 @@ from bfncli.jobs.run_directory import (
     start_run_dir,
     truncate_metrics,
 )
+from bfncli.jobs.run_lock import RunLock
 from bfncli.jobs.runtime import require_memory, setup
 from bfncli.jobs.stop_signals import StopFlag
 from bfncli.training_state import (
@@ -107,15 +106,20 @@ def run_training(
     cfg = fit_to_data(cfg, data_spec(cfg.data, labels=labelled))
     # before the run folder exists, so that weights that do not fit leave nothing behind
     initial = load_initial_weights(init, cfg, preset, runtime.is_main) if init else None
-    run_dir, start_path = _on_main(runtime, lambda: choose_run_dir(Path(runs_dir), run_name, preset, resume, True))
-    if start_path is not None:  # before any data is touched
-        from bfncli.checkpoint import RELEASE_NAME, read_info
+    lock = RunLock()  # one writer per run: held by the main process from choosing the folder to the end
+    try:
+        run_dir, start_path = _on_main(runtime, lambda: choose_run_dir(Path(runs_dir), run_name, preset, resume, True,
+                                                                       claim=lock.acquire))
+        if start_path is not None:  # before any data is touched
+            from bfncli.checkpoint import RELEASE_NAME, read_info
 
-        stored = read_info(start_path / RELEASE_NAME).config.to_dict()
-        check_resumed_config(run_dir, stored, cfg.to_dict())
-    train_set = load_split(cfg.data, "train", labels=labelled)
-    val_set = load_split(cfg.data, "val", labels=labelled) if cfg.train.val_every <= cfg.train.steps else None
-    return Trainer(cfg, run_dir, runtime, train_set, val_set, initial).run(start_path)
+            stored = read_info(start_path / RELEASE_NAME).config.to_dict()
+            check_resumed_config(run_dir, stored, cfg.to_dict())
+        train_set = load_split(cfg.data, "train", labels=labelled)
+        val_set = load_split(cfg.data, "val", labels=labelled) if cfg.train.val_every <= cfg.train.steps else None
+        return Trainer(cfg, run_dir, runtime, train_set, val_set, initial).run(start_path)
+    finally:
+        lock.release()
 
 
 def _on_main(runtime, fn):
@@ -155,7 +159,6 @@ class Trainer:
         require_memory(4 * self.micro_batch * example_bytes, f"a micro-batch of {self.micro_batch} examples",
                        "lower train.batch_size, or raise train.accumulate", runtime.device)
         self.order = DataOrder(len(train_set), t.batch_size, self.micro_batch, t.seed)
-        self.faults = Faults(os.environ.get("BFN_FAULT", ""))
 
     # ---------------------------------------------------------------------------- set-up
     def _build(self):
@@ -241,10 +244,8 @@ class Trainer:
         flow_gen = torch.Generator(device=self.accelerator.device).manual_seed(mix(self.cfg.train.seed, "flow", step,
                                                                                    slot))
         torch.manual_seed(mix(self.cfg.train.seed, "dropout", step, slot))  # dropout inside the network
-        self.faults.at_micro_step(step, micro)
         with self.accelerator.autocast():
-            loss = self.model(x, self.cfg.train.loss_steps, flow_gen, classes)
-        return loss * float("nan") if step in self.faults.nan else loss
+            return self.model(x, self.cfg.train.loss_steps, flow_gen, classes)
 
     def _classes(self, index, step: int, slot: int) -> Optional[torch.Tensor]:
         """The examples' classes, each replaced by "no class" with probability train.class_dropout, so
@@ -304,8 +305,6 @@ class Trainer:
                 step = state["step"]
                 m = self._step(step)
                 state["step"] = step + 1
-                if self.faults.check_sync:
-                    self._check_sync(step + 1)
                 if m["finite"]:
                     state["nonfinite_streak"] = 0
                 else:
@@ -349,14 +348,6 @@ class Trainer:
             sys.stderr.write(f"done: {state['step']} steps; EMA weights in {release}\n")
         return release
 
-    def _check_sync(self, step: int) -> None:
-        """Every process must hold the same weights and EMA (fault-injection check, see Faults)."""
-        digest = torch.stack([torch.stack([p.detach().double().sum() for p in params]).sum()
-                              for params in (self.params, self.ema_params)])
-        everyone = self.accelerator.gather(digest.to(self.accelerator.device).unsqueeze(0))
-        if not torch.equal(everyone.min(0).values, everyone.max(0).values):
-            raise RuntimeError(f"processes disagree on the weights after step {step}: {everyone.tolist()}")
-
     def _agree(self, flag: bool) -> bool:
         """Every process stops at the same step if any of them was signalled."""
         if self.runtime.world_size == 1:
@@ -373,8 +364,7 @@ class Trainer:
                 info["grad_scaler"] = scaler.state_dict()
             save_training_checkpoint(self.run_dir, step, self.cfg, self.unwrapped.net.state_dict(),
                                      self.ema.net.state_dict(), _inner(self.optimizer), info,
-                                     keep=self.cfg.train.keep_checkpoints,
-                                     before_commit=lambda: self.faults.during_save(step))
+                                     keep=self.cfg.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
     @cached_property

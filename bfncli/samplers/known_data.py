@@ -67,7 +67,7 @@ def _load_known_image(path: Path, shape, kind: str, model) -> torch.Tensor:
         if tuple(samples.shape[1:]) != shape:
             raise UserError(f"--image '{path}' holds examples of shape {tuple(samples.shape[1:])}; the model makes {shape}")
         return samples[0]
-    pixels = _read_picture(path)  # (H, W, C) in [0, 1]
+    pixels = _read_picture(path, "--image")  # (H, W, C) in [0, 1]
     if pixels.shape[:2] != (h, w):
         raise UserError(f"--image '{path}' is {pixels.shape[1]}x{pixels.shape[0]}; the model makes {w}x{h} images")
     if pixels.shape[2] != c:
@@ -80,19 +80,11 @@ def _load_known_image(path: Path, shape, kind: str, model) -> torch.Tensor:
     return quantize(pixels * 2 - 1, bins)
 
 
-def _read_picture(path: Path) -> torch.Tensor:
-    from matplotlib import image as mpimg
+def _read_picture(path: Path, what: str) -> torch.Tensor:
+    """(H, W, C) floats in [0, 1], scaled from the picture's own range (see bfncli.data.pictures)."""
+    from bfncli.data.pictures import read_picture
 
-    try:
-        array = mpimg.imread(str(path))
-    except Exception as err:  # PIL raises many kinds of errors for bad files
-        raise UserError(f"cannot read '{path}' as an image ({type(err).__name__}); use a PNG or JPEG file") from None
-    pixels = torch.as_tensor(array).float()
-    if pixels.max() > 1.0:
-        pixels = pixels / 255.0
-    if pixels.dim() == 2:
-        pixels = pixels.unsqueeze(-1)
-    return pixels[..., :3]
+    return read_picture(path, what).float() / 255
 
 
 def _load_mask(mask: str, size: tuple[int, int]) -> torch.Tensor:
@@ -109,7 +101,7 @@ def _load_mask(mask: str, size: tuple[int, int]) -> torch.Tensor:
     path = Path(mask)
     if not path.exists():
         raise UserError(f"--mask must be 'top,left,height,width' or a mask image; '{mask}' is neither")
-    pixels = _read_picture(path)
+    pixels = _read_picture(path, "--mask")
     if pixels.shape[:2] != (h, w):
         raise UserError(f"--mask image is {pixels.shape[1]}x{pixels.shape[0]}; it must be {w}x{h} like the model's images")
     return pixels.mean(-1) > 0.5

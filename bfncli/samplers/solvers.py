@@ -57,6 +57,26 @@ DEFAULT_ETA = {"continuous": 1e-2, "discrete": 1e-3}  # BFN-Solver's start times
 DEFAULT_GRID = {"continuous": "lambda", "discrete": "time"}
 
 
+def smallest_eta(flow, data_shape) -> float:
+    """The smallest start time the solvers can begin at in float32 (what the network and the state
+    are computed in): t itself, a(t) and s(t) must be normal float32 numbers there. Below it the
+    state underflows to 0 and the samples collapse to a few values."""
+    form = GaussianForm(flow, tuple(data_shape))
+    tiny = torch.finfo(torch.float32).tiny
+
+    def fits(t: float) -> bool:
+        try:
+            return min(t, form.a(t), form.s(t)) >= tiny
+        except (ValueError, OverflowError, ZeroDivisionError):
+            return False
+
+    low, high = 1e-300, 0.5  # fits(high); bisect in log space
+    for _ in range(100):
+        mid = math.sqrt(low * high)
+        low, high = (low, mid) if fits(mid) else (mid, high)
+    return high
+
+
 def _multistep(model, noise, steps: int, callback, stochastic: bool, order: int, eta: Optional[float],
                grid: Optional[Grid]) -> Tensor:
     if steps < 2:
