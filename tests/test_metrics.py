@@ -351,8 +351,8 @@ def test_bad_eval_samples_input(drawn, tmp_path):
         (img, _samples_file(tmp_path / "wrong.safetensors", torch.zeros(5, 4, 4, 1)), "shape \\(4, 4, 1\\).*makes \\(8, 8, 1\\)"),
         (img, _samples_file(tmp_path / "bins.safetensors", torch.zeros(5, 8, 8, 1), bins="4"), "at 4 bins .* has 16"),
         (img, _samples_file(tmp_path / "two.safetensors", torch.zeros(2, 8, 8, 1)), "need at least 3"),
-        (img, _samples_file(tmp_path / "nan.safetensors", torch.full((4, 8, 8, 1), float("nan"))), "finite floats"),
-        (txt, _samples_file(tmp_path / "t.safetensors", torch.full((2, 64), 27), kind="text"), "integers 0..26"),
+        (img, _samples_file(tmp_path / "nan.safetensors", torch.full((4, 8, 8, 1), float("nan"))), "NaN or infinite"),
+        (txt, _samples_file(tmp_path / "t.safetensors", torch.full((2, 64), 27), kind="text"), "text ids are 0..26"),
         (img, img, "is a bfn checkpoint, not samples"),
         (img, tmp_path / "missing.safetensors", "does not exist"),
     ]
