@@ -205,7 +205,9 @@ def load_training_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, A
     problem = verify(path)
     if problem is not None:
         raise UserError(f"checkpoint '{path}' is not usable: {problem}")
-    tensors = load_file(str(Path(path) / STATE_TENSORS))
+    # Copies, not views of the file's memory map: the optimizer would keep its state in the mapping of
+    # a checkpoint the run prunes later, whose disk space would then stay taken until the run ends.
+    tensors = {name: t.clone() for name, t in load_file(str(Path(path) / STATE_TENSORS)).items()}
     info = json.loads((Path(path) / STATE_JSON).read_text())
     return tensors, info
 

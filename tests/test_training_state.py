@@ -137,3 +137,21 @@ def test_library_write_failures_become_os_errors(tmp_path):
     with pytest.raises(OSError):
         with write_errors_as_oserror():
             torch.save({"x": torch.zeros(2)}, str(tmp_path / "missing" / "x.pt"))
+
+
+def test_a_loaded_training_checkpoint_keeps_no_view_of_its_file(tmp_path):
+    # The optimizer keeps what it is given: views of the file's memory map would pin a checkpoint that
+    # the resumed run prunes later (its disk space stays taken until the run ends).
+    import os
+
+    saved = _save(tmp_path, 10)
+    tensors, _ = load_training_checkpoint(saved.path)
+    state_file = os.path.realpath(saved.path / "state.safetensors")
+    mapped = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 6 and fields[5] == state_file:
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                mapped.append((low, high))
+    assert not [name for name, t in tensors.items() if any(low <= t.data_ptr() < high for low, high in mapped)]
