@@ -478,12 +478,6 @@ def test_one_run_has_one_writer(call, tmp_path):
     lock.unlink()
 
 
-def test_a_run_that_fails_before_writing_leaves_no_folder_and_no_lock(call, tmp_path):
-    result = _train(call, tmp_path, "--run-name", "big", "--set", "train.batch_size=400000000", "--max-steps", 1)
-    assert result.returncode == 2
-    assert not (tmp_path / "runs" / "big").exists()
-
-
 # ------------------------------------------------------------------- labels and names (4, 7, 14)
 def test_labels_must_fit_the_examples_before_anything_is_allocated(call, tmp_path):
     data = torch.zeros(20, 8, 8, 1)
