@@ -40,13 +40,13 @@ class RunLock:
 
     def __init__(self):
         self.run_dir = self.path = self.fd = None
-        self.created_dir = False
+        self.created: list[Path] = []  # the folders acquire() made (the run's, and --runs-dir if new)
 
     def acquire(self, run_dir: Path) -> None:
         if self.fd is not None:
             raise RuntimeError("this lock is held already")
         self.run_dir, self.path = Path(run_dir), Path(run_dir) / LOCK_NAME
-        self.created_dir = not self.run_dir.exists()
+        self.created = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]  # innermost first
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -120,8 +120,10 @@ class RunLock:
             return
         try:
             self.path.unlink()  # before the kernel lock goes, so that no one takes over a file being deleted
-            if self.created_dir and not any(self.run_dir.iterdir()):  # a new run that wrote nothing
-                self.run_dir.rmdir()
+            for folder in self.created:  # a new run that wrote nothing leaves nothing
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
         except OSError:
             pass
         finally:
