@@ -14,11 +14,6 @@ from typing import Any, List, Optional
 
 import typer
 
-try:  # typer >= 0.20 carries its own copy of click
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
-
 from bfncli import __version__
 from bfncli.errors import Interrupted, UserError, raise_interrupted
 from bfncli.hub import HUB_SPEC_HELP, is_hub_spec
@@ -424,13 +419,14 @@ def _run(argv: Optional[list[str]]) -> None:
     code = 1
     try:
         code = command.main(args=args, prog_name="bfn", standalone_mode=False)
-    except click_errors.NoArgsIsHelpError:
-        code = 0  # typer has printed the help already
-    except click_errors.UsageError as err:
-        path = err.ctx.command_path if err.ctx else where
-        _fail(f"{path}: {err.format_message()} (see '{path} --help')", err.exit_code)
-    except click_errors.ClickException as err:
-        _fail(f"{where}: {err.format_message()}", err.exit_code)
+    except typer.TyperException as err:  # typer's public base of the (click) errors it raises
+        ctx = getattr(err, "ctx", None)  # usage errors carry the command they concern
+        if ctx is not None and not args:
+            code = 0  # 'bfn' alone: typer has printed the help already
+        elif ctx is not None:
+            _fail(f"{ctx.command_path}: {err.format_message()} (see '{ctx.command_path} --help')", err.exit_code)
+        else:
+            _fail(f"{where}: {err.format_message()}", getattr(err, "exit_code", 1))
     except typer.Abort:
         _fail(f"{where}: aborted", 130)
     except UserError as err:
