@@ -30,7 +30,7 @@ app = typer.Typer(
 )
 
 # ------------------------------------------------------------------------ shared options
-PresetOpt = typer.Option(None, "--preset", "-p", help="A preset experiment (see --list-presets).")
+PresetOpt = typer.Option(None, "--preset", "-p", help="A preset experiment (bfn train --list-presets lists them).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="A YAML config file, layered over the preset.")
 SetOpt = typer.Option(
     [], "--set", "-s", metavar="KEY.PATH=VALUE", help="Override any config field, e.g. train.batch_size=64 (repeatable)."
@@ -350,7 +350,7 @@ def sample(
 )
 def render(
     source: Optional[Path] = typer.Argument(None, help="A samples file or a run directory (default: stdin)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Picture to write (default samples.png)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Picture or text file to write (default: samples.png for samples, flow.gif for a trajectory, RUN/loss.png for a run folder; text samples print to stdout)."),
     cols: Optional[int] = typer.Option(None, "--cols", min=1, help="Images per row."),
     preview: bool = typer.Option(False, "--preview", help="Also draw the images in the terminal."),
 ) -> None:
