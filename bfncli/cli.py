@@ -208,7 +208,8 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     deterministic: bool = DeterministicOpt,
     samples: Optional[Path] = typer.Option(
-        None, "--samples", help="Measure these samples' quality (a bfn sample -o file) instead of the likelihood."
+        None, "--samples", help="Measure these samples' quality (a bfn sample -o file) instead of the likelihood, against the "
+        "checkpoint that drew them (or --checkpoint)."
     ),
     class_: Optional[str] = typer.Option(
         None, "--class", metavar="none", help="Class-conditional models: 'none' gives the unconditional likelihood "
