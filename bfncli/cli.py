@@ -258,7 +258,8 @@ def _sampler_help() -> str:
     from bfncli.samplers import AUTO, SAMPLERS
 
     best = " / ".join(sorted(set(AUTO.values())))
-    lines = [f"auto: the sampler measured best at every budget ({best}; the default)"]
+    lines = [f"auto: the sampler measured best from 10 evaluations on ({best}; the default; at 5, ode beats it on "
+             "some models)"]
     lines += [f"{s.name}: {s.summary}" for s in SAMPLERS.values()]
     return "Sampler: " + "; ".join(lines) + "."
 
@@ -269,15 +270,16 @@ SAMPLER_HELP = _sampler_help()
 @app.command(
     epilog="""[bold]Examples[/bold]
 
-  [dim]# a PNG grid of 4 samples[/dim]
-  bfn sample --shape 4,28,28,1 | bfn render
+  [dim]# a PNG grid (samples.png) of 4 samples of the newest run under runs/ (bfn train's default: 8x8 digits)[/dim]
+  bfn sample --shape 4,8,8,1 | bfn render
 
   bfn sample --steps 1000 --seed 3 -o samples.safetensors
 
   [dim]# from the released weights (mnist, cifar10-256d, ..., text8)[/dim]
   bfn sample --checkpoint official:mnist --shape 4,28,28,1 | bfn render
 
-  bfn sample --prompt "in the beginning" | bfn render
+  [dim]# a text model (bfn train --preset pyhelp --run-name pyhelp) completing a prompt[/dim]
+  bfn sample --checkpoint runs/pyhelp/best.safetensors --prompt "in the beginning" | bfn render
 
   bfn sample --trajectory -o flow.safetensors && bfn render flow.safetensors -o flow.gif
 
@@ -287,14 +289,14 @@ SAMPLER_HELP = _sampler_help()
   [dim]# a named sampler: the deterministic probability-flow ODE solver[/dim]
   bfn sample --sampler ode --steps 20 | bfn render
 
-  [dim]# a class-conditional model: sevens, sharpened by classifier-free guidance[/dim]
-  bfn sample --checkpoint cond.safetensors --class 7 --guidance 2 | bfn render
+  [dim]# a class-conditional model (bfn train --preset default-cond --run-name digits-cond): sevens, sharpened by guidance[/dim]
+  bfn sample --checkpoint runs/digits-cond/best.safetensors --class 7 --guidance 2 | bfn render
 """,
 )
 def sample(
     checkpoint: Optional[str] = CheckpointOpt,
     runs_dir: Path = RunsDirOpt,
-    shape: Optional[str] = typer.Option(None, "--shape", help="Comma-separated, batch first, e.g. 4,28,28,1."),
+    shape: Optional[str] = typer.Option(None, "--shape", help="Comma-separated, batch first, then the model's data shape, e.g. 4,8,8,1."),
     sampler: Optional[str] = typer.Option(None, "--sampler", metavar="NAME", help=SAMPLER_HELP),
     steps: Optional[int] = typer.Option(
         None, "--steps", help="Network evaluations (default: the checkpoint's sample.steps); for 'paper', its n updates."
