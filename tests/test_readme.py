@@ -19,9 +19,9 @@ README = Path(__file__).parent.parent / "README.md"
 
 # What a command needs that a test run has not: the network (released weights, the Hub, the paper's
 # data sets), a GPU or several processes, files of the reader's own, or the project's own set-up.
-NOT_RUN = re.compile(r"official:|hf://|curl |pip install|pytest|benchmarks/|accelerate launch|torchrun|~/"
-                     r"|--preset (mnist|cifar10-\w+|text8)\b(?!-)|mnist\.safetensors|mnist_ema\.pt|cifar\w*\.safetensors"
-                     r"|cifar10_16d_ema|text8\.safetensors|mine\.pt|runs/m1")
+NOT_RUN = re.compile(r"official:|hf://|https?://|curl |pip install|pytest|benchmarks/|accelerate launch|torchrun"
+                     r"|~/|--preset (mnist|cifar10-\w+|text8)\b(?!-)|mnist\.safetensors|mnist_ema\.pt"
+                     r"|cifar\w*\.safetensors|cifar10_16d_ema|text8\.safetensors|mine\.pt|runs/m1")
 DRY = ("--dry-run", "--list-presets")  # these need no network, whatever the preset
 INSTALL = "pip install . && "  # the first command installs bfn, which the tests have
 

@@ -11,8 +11,8 @@
 from bfncli.config.layers import (RESERVED_ENV, _WARNED, deep_merge, describe_validation_error, known_paths,
                                   parse_sets, resolve_config, validate_config)
 from bfncli.config.models import (ENV_PREFIX, INT64_MAX, BFNConfig, ContinuousFlow, DataConfig, DiscreteFlow,
-                                  EvalConfig, FourierImageAdapter, ImprovedUNet, OptimConfig, OutputAdapter, OutputConfig,
-                                  SampleConfig, Section, TextAdapter, TrainConfig, Transformer, VDMUNet)
+                                  EvalConfig, FourierImageAdapter, ImprovedUNet, OptimConfig, OutputAdapter,
+                                  OutputConfig, SampleConfig, Section, TextAdapter, TrainConfig, Transformer, VDMUNet)
 from bfncli.config.presets import DEFAULT_PRESET, list_presets, load_preset, load_yaml, parse_value, presets_dir
 
 __all__ = [
