@@ -14,11 +14,6 @@ from typing import Any, List, Optional
 
 import typer
 
-try:  # typer >= 0.20 carries its own copy of click
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import exceptions as click_errors
-
 from bfncli import __version__
 from bfncli.errors import Interrupted, UserError, raise_interrupted
 from bfncli.hub import HUB_SPEC_HELP, is_hub_spec
@@ -35,7 +30,7 @@ app = typer.Typer(
 )
 
 # ------------------------------------------------------------------------ shared options
-PresetOpt = typer.Option(None, "--preset", "-p", help="A preset experiment (see --list-presets).")
+PresetOpt = typer.Option(None, "--preset", "-p", help="A preset experiment (bfn train --list-presets lists them).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="A YAML config file, layered over the preset.")
 SetOpt = typer.Option(
     [], "--set", "-s", metavar="KEY.PATH=VALUE", help="Override any config field, e.g. train.batch_size=64 (repeatable)."
@@ -213,7 +208,8 @@ def eval_(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     deterministic: bool = DeterministicOpt,
     samples: Optional[Path] = typer.Option(
-        None, "--samples", help="Measure these samples' quality (a bfn sample -o file) instead of the likelihood."
+        None, "--samples", help="Measure these samples' quality (a bfn sample -o file) instead of the likelihood, against the "
+        "checkpoint that drew them (or --checkpoint)."
     ),
     class_: Optional[str] = typer.Option(
         None, "--class", metavar="none", help="Class-conditional models: 'none' gives the unconditional likelihood "
@@ -262,7 +258,8 @@ def _sampler_help() -> str:
     from bfncli.samplers import AUTO, SAMPLERS
 
     best = " / ".join(sorted(set(AUTO.values())))
-    lines = [f"auto: the sampler measured best at every budget ({best}; the default)"]
+    lines = [f"auto: the sampler measured best from 10 evaluations on ({best}; the default; at 5, ode beats it on "
+             "some models)"]
     lines += [f"{s.name}: {s.summary}" for s in SAMPLERS.values()]
     return "Sampler: " + "; ".join(lines) + "."
 
@@ -273,15 +270,16 @@ SAMPLER_HELP = _sampler_help()
 @app.command(
     epilog="""[bold]Examples[/bold]
 
-  [dim]# a PNG grid of 4 samples[/dim]
-  bfn sample --shape 4,28,28,1 | bfn render
+  [dim]# a PNG grid (samples.png) of 4 samples of the newest run under runs/ (bfn train's default: 8x8 digits)[/dim]
+  bfn sample --shape 4,8,8,1 | bfn render
 
   bfn sample --steps 1000 --seed 3 -o samples.safetensors
 
   [dim]# from the released weights (mnist, cifar10-256d, ..., text8)[/dim]
   bfn sample --checkpoint official:mnist --shape 4,28,28,1 | bfn render
 
-  bfn sample --prompt "in the beginning" | bfn render
+  [dim]# a text model (bfn train --preset pyhelp --run-name pyhelp) completing a prompt[/dim]
+  bfn sample --checkpoint runs/pyhelp/best.safetensors --prompt "in the beginning" | bfn render
 
   bfn sample --trajectory -o flow.safetensors && bfn render flow.safetensors -o flow.gif
 
@@ -291,14 +289,14 @@ SAMPLER_HELP = _sampler_help()
   [dim]# a named sampler: the deterministic probability-flow ODE solver[/dim]
   bfn sample --sampler ode --steps 20 | bfn render
 
-  [dim]# a class-conditional model: sevens, sharpened by classifier-free guidance[/dim]
-  bfn sample --checkpoint cond.safetensors --class 7 --guidance 2 | bfn render
+  [dim]# a class-conditional model (bfn train --preset default-cond --run-name digits-cond): sevens, sharpened by guidance[/dim]
+  bfn sample --checkpoint runs/digits-cond/best.safetensors --class 7 --guidance 2 | bfn render
 """,
 )
 def sample(
     checkpoint: Optional[str] = CheckpointOpt,
     runs_dir: Path = RunsDirOpt,
-    shape: Optional[str] = typer.Option(None, "--shape", help="Comma-separated, batch first, e.g. 4,28,28,1."),
+    shape: Optional[str] = typer.Option(None, "--shape", help="Comma-separated, batch first, then the model's data shape, e.g. 4,8,8,1."),
     sampler: Optional[str] = typer.Option(None, "--sampler", metavar="NAME", help=SAMPLER_HELP),
     steps: Optional[int] = typer.Option(
         None, "--steps", help="Network evaluations (default: the checkpoint's sample.steps); for 'paper', its n updates."
@@ -356,7 +354,7 @@ def sample(
 )
 def render(
     source: Optional[Path] = typer.Argument(None, help="A samples file or a run directory (default: stdin)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Picture to write (default samples.png)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Picture or text file to write (default: samples.png for samples, flow.gif for a trajectory, RUN/loss.png for a run folder; text samples print to stdout)."),
     cols: Optional[int] = typer.Option(None, "--cols", min=1, help="Images per row."),
     preview: bool = typer.Option(False, "--preview", help="Also draw the images in the terminal."),
 ) -> None:
@@ -425,13 +423,14 @@ def _run(argv: Optional[list[str]]) -> None:
     code = 1
     try:
         code = command.main(args=args, prog_name="bfn", standalone_mode=False)
-    except click_errors.NoArgsIsHelpError:
-        code = 0  # typer has printed the help already
-    except click_errors.UsageError as err:
-        path = err.ctx.command_path if err.ctx else where
-        _fail(f"{path}: {err.format_message()} (see '{path} --help')", err.exit_code)
-    except click_errors.ClickException as err:
-        _fail(f"{where}: {err.format_message()}", err.exit_code)
+    except typer.TyperException as err:  # typer's public base of the (click) errors it raises
+        ctx = getattr(err, "ctx", None)  # usage errors carry the command they concern
+        if ctx is not None and not args:
+            code = 0  # 'bfn' alone: typer has printed the help already
+        elif ctx is not None:
+            _fail(f"{ctx.command_path}: {err.format_message()} (see '{ctx.command_path} --help')", err.exit_code)
+        else:
+            _fail(f"{where}: {err.format_message()}", getattr(err, "exit_code", 1))
     except typer.Abort:
         _fail(f"{where}: aborted", 130)
     except UserError as err:

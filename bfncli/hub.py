@@ -239,6 +239,9 @@ def check_endpoint() -> str:
     parse (http://[::1) makes importing huggingface_hub itself fail."""
     from urllib.parse import urlsplit
 
+    from bfncli.cache_dirs import ignore_empty_variables
+
+    ignore_empty_variables()  # an empty HF_HOME or HF_HUB_CACHE is unset, not the current folder
     endpoint, why = os.environ.get("HF_ENDPOINT", "").rstrip("/") or "https://huggingface.co", None
     try:
         parts = urlsplit(endpoint)

@@ -148,3 +148,21 @@ def test_every_package_folder_is_installed():
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(root).parts) for p in (root / "bfncli").rglob("__init__.py")}
     assert found - listed == set(), f"add these to [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+def test_a_ctrl_c_during_an_in_process_call_stops_pytest(call, monkeypatch):
+    """The `call` fixture runs bfn in pytest's process: the user's Ctrl-C must reach pytest, not turn into a
+    failed test that the run goes on from."""
+    import pytest
+
+    from bfncli import cli
+
+    class Interrupted:  # a command that the user interrupts: bfn says so and exits 130
+        commands = {}
+
+        def main(self, **kwargs):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.typer.main, "get_command", lambda app: Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        call("sample")

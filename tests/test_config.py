@@ -230,3 +230,34 @@ def test_networks_that_cannot_be_built_are_refused_up_front(preset, sets, expect
     with pytest.raises(UserError) as err:
         resolve(preset, sets=sets)
     assert expected in str(err.value)
+
+
+def test_environment_through_pydantic_settings_any_case_nested_and_read_as_yaml():
+    """BFN_* variables are read by pydantic-settings' env source (prefix, any case, __ between keys),
+    their values as YAML like every other layer."""
+    env = {"bfn_train__seed": "8", "BFN_DATA__MIRRORS": "[http://host/path/]", "BFN_OPTIM__BETAS": "[0.8, 0.9]",
+           "BFN_NETWORK__DROPOUT": "0.25", "BFN_DATA__DOWNLOAD": "false"}
+    c = resolve("mnist", environ=env)
+    assert (c.train.seed, c.data.mirrors, c.optim.betas, c.network.dropout, c.data.download) == (
+        8, ["http://host/path/"], (0.8, 0.9), 0.25, False)
+    with pytest.raises(UserError, match=r"train.seed: expects a number or a word, not true/false "
+                                        r"\(from environment variable BFN_TRAIN__SEED\)"):
+        resolve("mnist", environ={"BFN_TRAIN__SEED": "true"})
+    with pytest.raises(UserError, match=r"network.dropout: .* \(from config file"):
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as folder:
+            f = Path(folder) / "c.yaml"
+            f.write_text("network: {dropout: 2}\n")
+            resolve("mnist", config_file=f, environ={"BFN_TRAIN__SEED": "3"})
+
+
+def test_a_config_given_whole_ignores_the_environment(monkeypatch):
+    """A checkpoint's or a run's config is validated as it is: no BFN_* variable creeps into it."""
+    from bfncli.config import validate_config
+
+    monkeypatch.setenv("BFN_TRAIN__SEED", "9")
+    stored = resolve("default").to_dict()
+    assert validate_config(stored).train.seed == stored["train"]["seed"] != 9
+    assert resolve_config("default").train.seed == 9  # where the environment does count

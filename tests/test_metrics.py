@@ -362,3 +362,20 @@ def test_bad_eval_samples_input(drawn, tmp_path):
         with pytest.raises(UserError, match=message) as err:
             run_quality(samples, checkpoint, tmp_path, {}, [])
         assert "\n" not in str(err.value)
+
+
+def test_eval_samples_without_checkpoint_uses_the_one_that_drew_them(drawn, monkeypatch, tmp_path, capsys):
+    """Not the newest run under --runs-dir (here there is none): the checkpoint the samples file names."""
+    from bfncli.errors import UserError
+    from bfncli.jobs.quality import run_quality
+    from bfncli.jobs.sample import SAMPLES_FORMAT
+
+    monkeypatch.setenv("BFN_CACHE_DIR", drawn["env"]["BFN_CACHE_DIR"])
+    report = run_quality(drawn["img_samples"], None, tmp_path / "no-runs", {}, [], as_json=True)
+    assert report["checkpoint"] == str(drawn["img"])
+    assert f"using checkpoint {drawn['img']} (it drew" in capsys.readouterr().err
+    gone = tmp_path / "gone.safetensors"
+    save_file({"samples": torch.zeros(4, 8, 8, 1)}, str(gone), metadata={
+        "format": SAMPLES_FORMAT, "kind": "discretized_image", "num_bins": "16", "checkpoint": str(tmp_path / "x")})
+    with pytest.raises(UserError, match="was drawn by the checkpoint .*x, which is not there; name the checkpoint"):
+        run_quality(gone, None, tmp_path, {}, [])

@@ -139,3 +139,13 @@ def test_bad_prompts_are_refused():
         text_condition("a" * 40, None, 32)
     with pytest.raises(UserError, match="not both"):
         text_condition("a", "b", 32)
+
+
+@pytest.mark.parametrize("steps,frames", [(100, 20), (19, 20), (1000, 20), (5, 3), (100, 2)])
+def test_trajectory_records_exactly_the_frames_asked_for(steps, frames):
+    """--frames 20 records 20 frames (rounding used to merge early ones), first step and final prediction included."""
+    from bfncli.jobs.sample import _frame_steps
+
+    chosen = _frame_steps(steps, frames)
+    assert len(chosen) == min(frames, steps + 1)
+    assert min(chosen) == 1 and max(chosen) == steps + 1

@@ -278,3 +278,20 @@ def test_validation_uses_the_continuous_time_loss_and_random_text_windows(tmp_pa
     assert all(torch.equal(c[1], windows) for c in calls)  # the same windows at every validation
     assert windows.max() > len(val) // 2 and not torch.equal(windows.sort().values, torch.arange(n))
     assert len({c[2] for c in calls}) == 3  # but fresh flow noise each time
+
+
+def test_best_exists_from_the_first_checkpoint_and_resuming_a_finished_run_says_so(work, call):
+    """best.safetensors is the newest EMA weights until the first validation, so a short run's
+    examples work; resuming with fewer steps than the run has says so instead of 'done'."""
+    from bfncli.checkpoint import read_info
+
+    assert train(work, "short", steps=6, runner=call).returncode == 0
+    best = work / "runs" / "short" / "best.safetensors"
+    assert read_info(best).step == 6  # no validation yet (train.val_every=1000): the last checkpoint's weights
+    config = (work / "runs" / "short" / "config.yaml").read_text()
+
+    past = train(work, "short", "--resume", "auto", steps=3, runner=call)
+    assert_one_line_error(past, "already at step 6", "past the 3 steps")
+    same = train(work, "short", "--resume", "auto", steps=6, runner=call)
+    assert same.returncode == 0 and "already trained its 6 steps" in same.stderr and "done" not in same.stderr
+    assert (work / "runs" / "short" / "config.yaml").read_text() == config  # untouched

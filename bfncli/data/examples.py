@@ -203,6 +203,8 @@ def encode_text(text: str) -> Tensor:
     return torch.frombuffer(bytearray(clean.encode().translate(table)), dtype=torch.uint8).clone()
 
 
-def decode_text(indices: Tensor) -> list[str]:
-    """Class indices (B, L) -> strings, with '_' for space like the official code."""
-    return ["".join(ALPHABET[int(i)] for i in row) for row in indices.reshape(indices.shape[0], -1)]
+def decode_text(indices: Tensor, space: str = "_") -> list[str]:
+    """Class indices (B, L) -> strings, with '_' for space like the official code (``space=" "``
+    gives the text as it reads: what ``bfn render`` prints)."""
+    alphabet = space + ALPHABET[1:]
+    return ["".join(alphabet[int(i)] for i in row) for row in indices.reshape(indices.shape[0], -1)]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -241,8 +240,9 @@ class _State:
     """Finished repeats of one evaluation, one small JSON file per process."""
 
     def __init__(self, key: str, rank: int):
-        base = Path(os.environ.get("BFN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bfn")
-        self.dir = base / "eval"
+        from bfncli.cache_dirs import bfn_cache_dir
+
+        self.dir = bfn_cache_dir() / "eval"
         self.key = key
         self.path = self.dir / f"{key}.rank{rank}.json"
 

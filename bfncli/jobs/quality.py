@@ -47,7 +47,16 @@ def run_quality(samples_path: Path, checkpoint: Optional[Path], runs_dir: Path, 
     from bfncli.samples_file import read_samples
 
     samples, meta = read_samples(samples_path)
-    path = resolve_checkpoint(checkpoint, runs_dir, announce=os.environ.get("RANK", "0") == "0")
+    announce = os.environ.get("RANK", "0") == "0"
+    if checkpoint is None and meta.get("checkpoint"):  # the one that drew them, not the newest run's
+        checkpoint = Path(meta["checkpoint"])
+        if not checkpoint.is_file():
+            raise UserError(f"{samples_path} was drawn by the checkpoint {checkpoint}, which is not there; name the "
+                            "checkpoint with --checkpoint")
+        if announce:
+            sys.stderr.write(f"using checkpoint {checkpoint} (it drew {samples_path})\n")
+        announce = False
+    path = resolve_checkpoint(checkpoint, runs_dir, announce=announce)
     info = read_info(path)
     cfg = resolve_config(base=info.config.to_dict(), sets=sets, flags=overrides)
     kind = _check_fit(samples, meta, cfg, samples_path, path)  # before the devices and processes are set up

@@ -118,7 +118,7 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
     if kind == "text":
         if output is not None and output.suffix.lower() in (".png", ".gif"):
             raise UserError("text samples render as text; drop -o, or use -o FILE.txt")
-        text = "\n".join(decode(samples)) + "\n"
+        text = "\n".join(decode(samples, space=" ")) + "\n"
         if output is None:
             sys.stdout.write(text)
             return None

@@ -71,17 +71,9 @@ def free_memory(device: torch.device) -> Optional[int]:
     available memory), or None where that cannot be told."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    import psutil
+
+    return psutil.virtual_memory().available  # what can be allocated without swapping, on any system
 
 
 def require_memory(nbytes: float, what: str, hint: str, device: torch.device) -> None:

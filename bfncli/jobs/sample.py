@@ -280,7 +280,13 @@ def _frame_steps(steps: int, frames: int) -> set[int]:
     """Which steps to record: about ``frames`` of them, denser early on where the picture changes
     most, always including the first step and the final prediction (step n + 1, at t = 1)."""
     count = min(frames, steps + 1)
-    return {1 + round((k / max(count - 1, 1)) ** 2 * steps) for k in range(count)}
+    chosen: list[int] = []
+    for k in range(count):
+        ideal = round((k / max(count - 1, 1)) ** 2 * steps)
+        # Early ideals round to the same step: take the next free one, leaving room for the rest.
+        lowest = chosen[-1] + 1 if chosen else 0
+        chosen.append(min(max(ideal, lowest), steps - (count - 1 - k)))
+    return {1 + step for step in chosen}
 
 
 def _view_input(model, params: Tensor) -> Tensor:

@@ -113,13 +113,28 @@ def run_training(
         if start_path is not None:  # before any data is touched
             from bfncli.checkpoint import RELEASE_NAME, read_info
 
-            stored = read_info(start_path / RELEASE_NAME).config.to_dict()
-            check_resumed_config(run_dir, stored, cfg.to_dict())
+            info = read_info(start_path / RELEASE_NAME)
+            check_resumed_config(run_dir, info.config.to_dict(), cfg.to_dict())
+            if not _steps_left(run_dir, start_path, info.step, cfg.train.steps):
+                if runtime.is_main:
+                    sys.stderr.write(f"run '{run_dir.name}' has already trained its {info.step} steps "
+                                     f"({start_path.name}); nothing to do (ask for more with --max-steps)\n")
+                return start_path / RELEASE_NAME
         train_set = load_split(cfg.data, "train", labels=labelled)
         val_set = load_split(cfg.data, "val", labels=labelled) if cfg.train.val_every <= cfg.train.steps else None
         return Trainer(cfg, run_dir, runtime, train_set, val_set, initial).run(start_path)
     finally:
         lock.release()
+
+
+def _steps_left(run_dir: Path, start_path: Path, step: int, steps: int) -> bool:
+    """Whether a resumed run has steps left to train; one already past train.steps is an error
+    (resuming it would train nothing and end with 'done')."""
+    if step > steps:
+        raise UserError(f"run '{run_dir.name}' is already at step {step} ({start_path.name}), past the {steps} steps "
+                        f"asked for (--max-steps / train.steps); ask for more than {step} to train on, or resume "
+                        "from an earlier checkpoint with --resume PATH")
+    return step < steps
 
 
 def _on_main(runtime, fn):
@@ -365,6 +380,13 @@ class Trainer:
             save_training_checkpoint(self.run_dir, step, self.cfg, self.unwrapped.net.state_dict(),
                                      self.ema.net.state_dict(), _inner(self.optimizer), info,
                                      keep=self.cfg.train.keep_checkpoints)
+            if state["best_val_loss"] is None:
+                # Not validated yet (the first validation comes at train.val_every, or never without
+                # a validation split): best.safetensors is the newest EMA weights until then, so that
+                # every command naming it works from the first checkpoint on.
+                from bfncli.checkpoint import save_checkpoint
+
+                save_checkpoint(self.run_dir / "best.safetensors", self.ema.net.state_dict(), self.cfg, "ema", step)
         self.accelerator.wait_for_everyone()
 
     @cached_property

@@ -11,8 +11,8 @@ average pooling, a feature layer of ``features`` ReLU units, a linear head. Trai
 cosine learning rate for ``epochs`` passes over the training split, at most ``max_steps`` steps:
 seconds for the digits on a CPU, minutes for MNIST and CIFAR-10 (seconds on a GPU).
 
-Cached as one safetensors file (no pickle) in bfn's cache directory (``BFN_CACHE_DIR``, else
-``$XDG_CACHE_HOME/bfn``, else ``~/.cache/bfn``) under ``classifiers/``, named by a hash of the
+Cached as one safetensors file (no pickle) in bfn's cache folder (:mod:`bfncli.cache_dirs`) under
+``classifiers/``, named by a hash of the
 training and held-out data's content and the settings, so changed data trains a new one; written to
 a temporary name and renamed. Beside the weights it keeps what every Fréchet distance against this
 data set needs: the Gaussian fit of the training split's features (the reference) and the held-out
@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -137,12 +136,6 @@ class ImageClassifier:
 
 
 # ------------------------------------------------------------------------------ getting one
-def bfn_cache_dir() -> Path:
-    """bfn's cache directory, as the resumable evaluation uses it."""
-    base = os.environ.get("BFN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bfn"
-    return Path(base)
-
-
 def classifier_splits(data_cfg) -> tuple[str, str]:
     """(training split, held-out split) of a data set: your own data holds out its validation split."""
     return "train", "val" if data_cfg.dataset in ("images", "tensor") else "test"
@@ -162,6 +155,8 @@ def classifier_for(data_cfg, settings: ClassifierSettings = ClassifierSettings()
     key = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "settings": asdict(settings),
                                      "train": train.fingerprint(), "heldout": heldout.fingerprint()},
                                     sort_keys=True).encode()).hexdigest()[:24]
+    from bfncli.cache_dirs import bfn_cache_dir
+
     path = Path(cache_dir or bfn_cache_dir()) / "classifiers" / f"{key}.safetensors"
     if path.exists():
         loaded = _load(path, device)

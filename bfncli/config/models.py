@@ -1,41 +1,23 @@
-"""Every knob of a bfn run, validated.
+"""The config's sections and the whole config (:class:`BFNConfig`): every knob of a bfn run, validated.
 
-A run's configuration is built from layers, later ones winning:
-
-    defaults < preset (``--preset``) < YAML file (``--config``) < ``BFN_*`` environment
-    < command-line (``--set key.path=value`` and the commands' own flags)
-
-Environment variables name a key path with double underscores: ``BFN_TRAIN__BATCH_SIZE=64``.
-Values from YAML, the environment and ``--set`` are parsed as YAML scalars/lists, so
-``1e-4``, ``[0.9, 0.99]`` and ``true`` mean what they look like.
-
-Unknown keys are rejected with the key path (and a suggestion); wrong types and values name the
-field and what is allowed. Everything that goes wrong raises :class:`~bfncli.errors.UserError`.
+Unknown keys are rejected, assignments are validated, numbers are finite and true/false is not a
+number; the root checks that its parts fit together (flow, output, network and data). Where the
+values come from is :mod:`bfncli.config.layers`.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-import os
-from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Optional, Union, get_args
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError  # pydantic's own core, pinned by pydantic: its documented custom errors
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bfncli import yaml_loader
-from bfncli.errors import UserError
-
-DEFAULT_PRESET = "default"
 ENV_PREFIX = "BFN_"
-# BFN_* variables that are settings of the tool, not config fields.
-RESERVED_ENV = {"BFN_CACHE_DIR", "BFN_RUNS_DIR"}
-
-
 INT64_MAX = 2**63 - 1
 
 
@@ -43,7 +25,8 @@ class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated, numbers
     are finite, and true/false is not a number (pydantic alone would read ``batch_size: true`` as 1)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    # protected_namespaces: pydantic before 2.10 warns on every start about fields named model_* (model_channels)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, protected_namespaces=())
 
     @model_validator(mode="before")
     @classmethod
@@ -340,7 +323,11 @@ _DATASET_FLOW = {"mnist": "discrete", "text8": "discrete", "text": "discrete", "
 class BFNConfig(BaseSettings):
     """The whole, resolved configuration of a run."""
 
-    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True, env_prefix=ENV_PREFIX)
+    # The environment as pydantic-settings reads it: BFN_TRAIN__BATCH_SIZE=64 is train.batch_size, in
+    # any case. resolve_config turns the sources on (bfncli.config.layers); a config given whole is
+    # validated as it is.
+    model_config = SettingsConfigDict(extra="forbid", validate_assignment=True, env_prefix=ENV_PREFIX,
+                                      env_nested_delimiter="__", case_sensitive=False)
 
     description: str = Field("", description="what this configuration is, in a line")
     data: DataConfig = DataConfig()
@@ -354,9 +341,9 @@ class BFNConfig(BaseSettings):
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
-        # The layers are merged explicitly by resolve_config (so that we know where each value
-        # came from); the model itself only validates what it is given.
-        return (init_settings,)
+        from bfncli.config.layers import sources_of_this_resolution
+
+        return sources_of_this_resolution(settings_cls, init_settings)
 
     @model_validator(mode="after")
     def _parts_fit_together(self):
@@ -449,257 +436,3 @@ def _check_image_network(net: Union[VDMUNet, ImprovedUNet]) -> None:
                          f"network.input_adapter.input_channels ({adapter.input_channels})")
 
 
-# ------------------------------------------------------------------------------------- presets
-def presets_dir() -> Path:
-    """Where the presets are: inside the installed package, or at the top of a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "presets", here.parent / "presets"):
-        if candidate.is_dir() and any(candidate.glob("*.yaml")):
-            return candidate
-    raise UserError("the bfn presets are missing from this installation; reinstall bfn", exit_code=1)
-
-
-def list_presets() -> dict[str, str]:
-    """Preset name -> its one-line description."""
-    out = {}
-    for path in sorted(presets_dir().glob("*.yaml")):
-        data = yaml_loader.load(path.read_text()) or {}
-        out[path.stem] = str(data.get("description", "")) if isinstance(data, dict) else ""
-    return out
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    path = presets_dir() / f"{name}.yaml"
-    if not path.is_file():
-        names = list(list_presets())
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UserError(f"unknown preset '{name}'{hint}; available presets: {', '.join(names)}")
-    return load_yaml(path)
-
-
-# --------------------------------------------------------------------------------------- layers
-def load_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, with one-line errors for every way that can fail."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"config file '{path}' does not exist; check the path given to --config")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read config file '{path}': {getattr(err, 'strerror', None) or err}")
-    try:
-        data = yaml_loader.load(text)
-    except yaml.YAMLError as err:
-        raise UserError(f"config file '{path}' is not valid YAML{yaml_loader.describe_error(err)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(
-            f"config file '{path}' must be a YAML mapping of sections (data:, network:, ...), "
-            f"not a {type(data).__name__}"
-        )
-    return data
-
-
-def parse_value(text: str) -> Any:
-    """A value from the command line or the environment, read as a YAML scalar or list."""
-    try:
-        return yaml_loader.load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        return text
-
-
-def _set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
-    node = tree
-    for key in path[:-1]:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            child = node[key] = {}
-        node = child
-    node[path[-1]] = value
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["train.lr=1e-4", ...]`` -> nested dict."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        path = tuple(part.strip() for part in key.strip().split("."))
-        if not sep or not all(path):
-            raise UserError(f"--set expects key.path=value (e.g. --set train.batch_size=64), got '{item}'")
-        _set_path(out, path, parse_value(value))
-    return out
-
-
-def env_layer(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
-    """``BFN_TRAIN__BATCH_SIZE=64`` -> ``{"train": {"batch_size": 64}}``, and where each came from."""
-    out: dict[str, Any] = {}
-    origin: dict[tuple[str, ...], str] = {}
-    for name, value in sorted(environ.items()):
-        if not name.upper().startswith(ENV_PREFIX) or len(name) <= len(ENV_PREFIX) or name.upper() in RESERVED_ENV:
-            continue
-        path = tuple(name[len(ENV_PREFIX):].lower().split("__"))
-        if path not in known_paths():
-            _warn_unknown_env(name)
-            continue
-        _set_path(out, path, parse_value(value))
-        origin[path] = f"environment variable {name}"
-    return out, origin
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_unknown_env(name: str) -> None:
-    """Environment variables are ambient (set for other tools, other runs): an unknown BFN_* one is
-    a warning, said once, never an error. Configs and --set stay strict."""
-    import sys
-
-    if name in _WARNED or os.environ.get("RANK", "0") != "0":
-        return
-    _WARNED.add(name)
-    known = sorted(ENV_PREFIX + "__".join(p).upper() for p in known_paths()) + sorted(RESERVED_ENV)
-    close = difflib.get_close_matches(name.upper(), known, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    sys.stderr.write(f"bfn: ignoring environment variable {name}: no such config key{hint}\n")
-
-
-@lru_cache(maxsize=1)
-def known_paths() -> frozenset[tuple[str, ...]]:
-    """Every config key path (sections and fields, every network and flow kind's fields)."""
-    out: set[tuple[str, ...]] = set()
-
-    def walk(model: type[BaseModel], prefix: tuple[str, ...]) -> None:
-        for name, field in model.model_fields.items():
-            path = prefix + (name,)
-            out.add(path)
-            for sub in _models_in(field.annotation):
-                walk(sub, path)
-
-    walk(BFNConfig, ())
-    return frozenset(out)
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in get_args(annotation) for m in _models_in(arg)]
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            # Switching a discriminated section's kind starts that section afresh.
-            if "kind" in value and value["kind"] != out[key].get("kind"):
-                out[key] = value
-            else:
-                out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _paths(tree: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    out = []
-    for key, value in tree.items():
-        path = prefix + (str(key),)
-        out.append(path)
-        if isinstance(value, dict):
-            out.extend(_paths(value, path))
-    return out
-
-
-def resolve_config(
-    preset: Optional[str] = None,
-    config_file: Optional[Path] = None,
-    sets: Optional[list[str]] = None,
-    flags: Optional[dict[str, Any]] = None,
-    environ: Optional[Mapping[str, str]] = None,
-    base: Optional[dict[str, Any]] = None,
-) -> BFNConfig:
-    """Build and validate a config from its layers (see the module docstring).
-
-    ``base`` replaces the preset (e.g. the config stored in a checkpoint); ``flags`` are the
-    commands' own options as a nested dict, applied last.
-    """
-    origin: dict[tuple[str, ...], str] = {}
-
-    def layer(tree: dict, source: str) -> dict:
-        for path in _paths(tree):
-            origin[path] = source
-        return tree
-
-    if base is not None:
-        merged = layer(dict(base), "the checkpoint's config")
-    else:
-        name = preset or DEFAULT_PRESET
-        merged = layer(load_preset(name), f"preset '{name}'")
-    if config_file is not None:
-        merged = deep_merge(merged, layer(load_yaml(config_file), f"config file '{config_file}'"))
-    env_tree, env_origin = env_layer(os.environ if environ is None else environ)
-    merged = deep_merge(merged, env_tree)
-    origin.update(env_origin)
-    merged = deep_merge(merged, layer(parse_sets(sets or []), "--set"))
-    merged = deep_merge(merged, layer(flags or {}, "the command line"))
-    return validate_config(merged, origin)
-
-
-def validate_config(data: dict[str, Any], origin: Optional[dict[tuple[str, ...], str]] = None) -> BFNConfig:
-    try:
-        return BFNConfig(**{str(key): value for key, value in data.items()})
-    except ValidationError as err:
-        raise UserError(describe_validation_error(err, origin or {})) from None
-
-
-def _known_keys(loc: tuple) -> list[str]:
-    """Field names allowed beside the last part of ``loc`` (for 'did you mean' hints)."""
-    model: Any = BFNConfig
-    for part in loc[:-1]:
-        if model is None and part in _VARIANTS:  # pydantic puts a union's tag in the location
-            model = _VARIANTS[part]
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    return list(model.model_fields) if model is not None else []
-
-
-def describe_validation_error(err: ValidationError, origin: dict[tuple[str, ...], str]) -> str:
-    """One line naming each offending key path, what is allowed, and where the value came from."""
-    messages = []
-    for item in err.errors(include_url=False):
-        loc = tuple(str(part) for part in item["loc"])
-        if item["type"] in ("number_not_bool", "int64"):  # raised for a section: add the field to the path
-            loc += (str(item["ctx"]["field"]),)
-            item = {**item, "msg": str(item["msg"]).split(": ", 1)[1], "input": None}
-        # Drop the union tag pydantic inserts (network.unet_vdm.n_blocks -> network.n_blocks).
-        shown = tuple(p for i, p in enumerate(loc) if not (i == 1 and p in _VARIANTS))
-        key = ".".join(shown)
-        source = next((origin[shown[:n]] for n in range(len(shown), 0, -1) if shown[:n] in origin), None)
-        from_ = f" (from {source})" if source else ""
-        kind = item["type"]
-        if kind == "extra_forbidden":
-            close = difflib.get_close_matches(loc[-1], _known_keys(loc), n=1)
-            hint = f"; did you mean '{'.'.join(shown[:-1] + (close[0],))}'?" if close else ""
-            messages.append(f"unknown config key '{key}'{from_}{hint}")
-        elif kind == "value_error" and not key:
-            messages.append(str(item["msg"]).removeprefix("Value error, ") + from_)
-        else:
-            got = item.get("input")
-            msg = str(item["msg"]).removeprefix("Value error, ")
-            said = isinstance(got, (dict, list)) or got is None or repr(got) in msg  # the message quotes it
-            got_text = "" if said else f", got {got!r}"
-            if not key or msg.startswith(key + "."):  # the message names its fields itself
-                messages.append(f"{msg}{from_}")
-            else:
-                messages.append(f"{key}: {msg}{got_text}{from_}")
-    return "config error: " + "; ".join(messages)
-
-
-_VARIANTS = {
-    cls.model_fields["kind"].default: cls for cls in (VDMUNet, ImprovedUNet, Transformer, ContinuousFlow, DiscreteFlow)
-}
