@@ -28,6 +28,7 @@ from bfncli import __version__
 from bfncli.atomic_files import atomic_path, save_tensors
 from bfncli.config import BFNConfig, validate_config
 from bfncli.errors import UserError
+from bfncli.log import bar_disabled
 
 FORMAT = "bfn"
 FORMAT_VERSION = "1"
@@ -79,7 +80,7 @@ def progress(items, total: int, label: str, nbytes: int):
     from tqdm import tqdm
 
     return tqdm(items, total=total, desc=label, unit="tensor", file=sys.stderr, leave=False,
-                disable=None if nbytes > 50e6 else True)
+                disable=bar_disabled(None if nbytes > 50e6 else True))
 
 
 def save_checkpoint(

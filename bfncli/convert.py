@@ -32,6 +32,7 @@ from bfncli.checkpoint import (
 )
 from bfncli.config import BFNConfig, deep_merge, load_preset, load_yaml, resolve_config
 from bfncli.errors import UserError
+from bfncli.log import logger
 
 PREFIX = "net."
 PAPER_PRESETS = ("mnist", "cifar10-256d", "cifar10-16d", "cifar10-256c", "cifar10-16c", "text8")
@@ -291,7 +292,7 @@ def to_bfn(source: Path, output: Path, preset: Optional[str], official_config: O
     else:
         name = preset or recognise(tensors, source.name)
         if not preset:
-            _say(f"recognised the weights as preset '{name}'")
+            logger.info(f"recognised the weights as preset '{name}'")
         cfg = resolve_config(name, sets=sets, environ=environ)
     expected = expected_shapes(cfg)
     check_state_dict(expected, tensors, f"'{source}'")
@@ -299,7 +300,7 @@ def to_bfn(source: Path, output: Path, preset: Optional[str], official_config: O
     ordered = OrderedDict((k, tensors[k]) for k in expected)
     save_checkpoint(output, ordered, cfg, weights="ema", step=0,
                     extra={"converted_from": source.name})
-    _say(f"wrote {output} ({sum(t.numel() for t in ordered.values()):,} parameters, config: {cfg.description or '-'})")
+    logger.info(f"wrote {output} ({sum(t.numel() for t in ordered.values()):,} parameters, config: {cfg.description or '-'})")
     return output
 
 
@@ -322,11 +323,5 @@ def to_official(source: Path, output: Path, force: bool) -> Path:
             torch.save(state, WholeWrites(raw))
     except OSError as err:
         raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None
-    _say(f"wrote {output} (official layout, {len(state)} tensors)")
+    logger.info(f"wrote {output} (official layout, {len(state)} tensors)")
     return output
-
-
-def _say(message: str) -> None:
-    import sys
-
-    sys.stderr.write(message + "\n")

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional
 from urllib.parse import quote
 
 from bfncli.errors import UserError
+from bfncli.log import logger
 
 OFFICIAL_REPO = "rupspace/pretrained-BFNs"
 OFFICIAL_FILES = {  # official:NAME -> the released file; NAME is bfn's preset for the same experiment
@@ -445,5 +445,4 @@ def _first_line(err: BaseException) -> str:
 
 
 def say(message: str) -> None:
-    if os.environ.get("RANK", "0") == "0":  # under accelerate/torchrun, once
-        sys.stderr.write(message + "\n")
+    logger.info(message)  # under accelerate/torchrun, by the main process only (bfncli.log)

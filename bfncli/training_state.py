@@ -26,6 +26,7 @@ from torch import Tensor
 from bfncli.atomic_files import file_sha256, fsync_dir, fsync_file, save_tensors
 from bfncli.checkpoint import RELEASE_NAME, metadata_for, save_checkpoint
 from bfncli.errors import UserError
+from bfncli.log import logger
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -216,8 +217,6 @@ def load_training_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, A
 def find_latest(runs_dir: Path) -> Path:
     """The release file of the newest intact checkpoint of the newest run under ``runs_dir``
     (committed, and matching its manifest's checksum); damaged newer ones are named on stderr."""
-    import sys
-
     def modified(path: Path) -> float:
         try:
             return path.stat().st_mtime
@@ -234,6 +233,6 @@ def find_latest(runs_dir: Path) -> Path:
         if problem is None:
             return path
         if (path.parent / MANIFEST).exists():  # an unfinished write is not worth a word
-            sys.stderr.write(f"skipping damaged checkpoint {path.parent}: {problem}\n")
+            logger.warning(f"skipping damaged checkpoint {path.parent}: {problem}")
     where = runs_dir if runs_dir.exists() else f"{runs_dir} (which does not exist)"
     raise UserError(f"no checkpoint found under {where}; train one with 'bfn train' or pass --checkpoint FILE")

@@ -38,6 +38,7 @@ from bfncli.config.models import (ENV_PREFIX, BFNConfig, ContinuousFlow, Discret
                                   VDMUNet)
 from bfncli.config.presets import DEFAULT_PRESET, load_preset, load_yaml, parse_value
 from bfncli.errors import UserError
+from bfncli.log import logger
 
 # BFN_* variables that are settings of the tool, not config fields.
 RESERVED_ENV = {"BFN_CACHE_DIR", "BFN_RUNS_DIR"}
@@ -228,15 +229,13 @@ _WARNED: set[str] = set()
 def _warn_unknown_env(name: str) -> None:
     """Environment variables are ambient (set for other tools, other runs): an unknown BFN_* one is
     a warning, said once, never an error. Configs and --set stay strict."""
-    import sys
-
     if name in _WARNED or os.environ.get("RANK", "0") != "0":
         return
     _WARNED.add(name)
     known = sorted(ENV_PREFIX + "__".join(p).upper() for p in known_paths()) + sorted(RESERVED_ENV)
     close = difflib.get_close_matches(name.upper(), known, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    sys.stderr.write(f"bfn: ignoring environment variable {name}: no such config key{hint}\n")
+    logger.warning(f"bfn: ignoring environment variable {name}: no such config key{hint}")
 
 
 @lru_cache(maxsize=1)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from bfncli.errors import UserError
+from bfncli.log import bar_disabled, logger
 
 CONNECT_TIMEOUT = 10.0  # seconds per connection attempt (and per stalled read)
 ATTEMPTS_PER_URL = 3
@@ -98,8 +99,8 @@ def _one_at_a_time(target: Path) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        sys.stderr.write(f"waiting for another process that is downloading {target.name} into {target.parent}\n")
-        sys.stderr.flush()
+        logger.info(f"waiting for another process that is downloading {target.name} into {target.parent}",
+                    extra={"all_processes": True})  # whichever process waits says so
         lock.acquire()
     except OSError as err:
         raise UserError(f"cannot create a lock file in the data directory '{target.parent}': "
@@ -145,7 +146,7 @@ def _fetch(url: str, target: Path, remote: RemoteFile) -> Optional[str]:
                 total = (int(length) + have) if length else remote.size
                 with open(part, "ab" if resumed else "wb") as out, tqdm(
                     total=total, initial=have, unit="B", unit_scale=True, desc=remote.name, file=sys.stderr,
-                    leave=False, disable=None,
+                    leave=False, disable=bar_disabled(),
                 ) as bar:
                     for block in iter(lambda: response.read(CHUNK), b""):
                         out.write(block)

@@ -26,6 +26,7 @@ from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
 from bfncli.errors import Interrupted, UserError
 from bfncli.jobs.runtime import Runtime, require_memory, resolve_checkpoint, setup
+from bfncli.log import bar_disabled, logger
 
 
 def run_eval(
@@ -107,8 +108,8 @@ def estimate(model, examples, n_steps: int, repeats: int, batch_size: int, seed:
     done = state.load() if state else {}
     mine = [r for r in range(repeats) if r % runtime.world_size == runtime.rank and r not in done]
     if progress and done:
-        sys.stderr.write(f"resuming: {min(len(done), repeats)} of {repeats} repeats already done\n")
-    bar = tqdm(total=len(mine) * len(starts), desc="eval", unit="batch", file=sys.stderr, disable=None if progress else True,
+        logger.info(f"resuming: {min(len(done), repeats)} of {repeats} repeats already done")
+    bar = tqdm(total=len(mine) * len(starts), desc="eval", unit="batch", file=sys.stderr, disable=bar_disabled(None if progress else True),
                dynamic_ncols=True)
     device = runtime.device
     try:

@@ -7,7 +7,6 @@ the error names the mismatch and, where a preset fits, the preset to use.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from bfncli.config import BFNConfig
 from bfncli.errors import UserError
+from bfncli.log import logger
 
 
 @dataclass
@@ -47,8 +47,8 @@ def load_initial_weights(spec: str, cfg: BFNConfig, preset: Optional[str], annou
         if torch.is_floating_point(tensor) and not torch.isfinite(tensor).all():
             raise UserError(f"--init {spec} has non-finite values in '{name}'; it cannot be trained from")
     if announce:
-        sys.stderr.write(f"starting from the weights of {spec} ({path}, its step {info.step}): step 0, a fresh "
-                         "optimizer\n")
+        logger.info(f"starting from the weights of {spec} ({path}, its step {info.step}): step 0, a fresh "
+                    "optimizer")
     return InitialWeights(spec, path, tensors)
 
 

@@ -16,6 +16,7 @@ from bfncli.atomic_files import fsync_file
 from bfncli.data.examples import decode_text as decode
 from bfncli.errors import UserError
 from bfncli.jobs.run_directory import read_metrics_counted
+from bfncli.log import logger
 from bfncli.samples_file import class_names_of, parse_samples, read_samples_file
 
 
@@ -124,7 +125,7 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
             return None
         with _writing(output) as partial:
             partial.write_text(text)
-        sys.stderr.write(f"wrote {samples.shape[0]} lines of text to {output}\n")
+        logger.info(f"wrote {samples.shape[0]} lines of text to {output}")
         return output
     output = output or Path("samples.png")
     if output.suffix.lower() != ".png":
@@ -136,7 +137,7 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
         _save_png(grid(images, cols), output)
     if preview:
         sys.stdout.write(terminal_preview(images, cols))
-    sys.stderr.write(f"wrote a grid of {samples.shape[0]} {kind.replace('_', ' ')}s to {output}\n")
+    logger.info(f"wrote a grid of {samples.shape[0]} {kind.replace('_', ' ')}s to {output}")
     return output
 
 
@@ -214,7 +215,7 @@ def render_trajectory(tensors: dict[str, Tensor], meta: dict[str, str], output: 
     if kind != "text" and output.suffix.lower() == ".png":
         frames = torch.cat([to_unit(inputs[:, 0], kind), to_unit(preds[:, 0], kind)])  # the first sample
         _save_png(grid(frames, cols or inputs.shape[0]), output)
-        sys.stderr.write(f"wrote the flow ({len(steps)} frames) to {output}\n")
+        logger.info(f"wrote the flow ({len(steps)} frames) to {output}")
         return output
 
     if kind == "text":  # the most likely character under each distribution
@@ -256,7 +257,7 @@ def render_trajectory(tensors: dict[str, Tensor], meta: dict[str, str], output: 
         else:  # text as a .png: the final frame
             draw(len(steps) - 1)
             fig.savefig(str(partial), dpi=100)
-    sys.stderr.write(f"wrote the flow ({len(steps)} frames) to {output}\n")
+    logger.info(f"wrote the flow ({len(steps)} frames) to {output}")
     return output
 
 
@@ -276,8 +277,8 @@ def render_run(run_dir: Path, output: Optional[Path]) -> Path:
     except OSError as err:
         raise UserError(f"cannot read '{metrics}': {err.strerror or err}") from None
     if skipped:
-        sys.stderr.write(f"skipped {skipped} damaged line{'s' if skipped > 1 else ''} of {metrics} (not JSON records "
-                         "with a step); the curves show the rest\n")
+        logger.warning(f"skipped {skipped} damaged line{'s' if skipped > 1 else ''} of {metrics} (not JSON records "
+                       "with a step); the curves show the rest")
     for record in records:
         if isinstance(record.get("loss"), (int, float)):
             train.append((record["step"], record["loss"]))
@@ -303,5 +304,5 @@ def render_run(run_dir: Path, output: Optional[Path]) -> Path:
     fig.tight_layout()
     with _writing(output, fig) as partial:
         fig.savefig(str(partial), dpi=110)
-    sys.stderr.write(f"wrote the loss curves of {run_dir.name} to {output}\n")
+    logger.info(f"wrote the loss curves of {run_dir.name} to {output}")
     return output

@@ -11,13 +11,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from bfncli.atomic_files import remove_stale_partials, write_text_atomic
 from bfncli.errors import UserError
+from bfncli.log import logger
 from bfncli.training_state import PREFIX, find_resumable, verify
 
 # Config fields that may change on resume: they do not alter the trajectory of the run.
@@ -91,7 +91,7 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
                 raise UserError(f"run '{run_dir.name}' started from --init {started_from} and stopped before its first "
                                 f"checkpoint; start it again with --init {started_from} --run-name {run_dir.name}")
             if announce:
-                sys.stderr.write(f"no checkpoint in {run_dir} yet: starting it from the beginning\n")
+                logger.info(f"no checkpoint in {run_dir} yet: starting it from the beginning")
         return run_dir, best
     name = run_name if run_name is not None else f"{preset or 'default'}-{datetime.now():%Y%m%d-%H%M%S}"
     check_run_name(name)
@@ -102,7 +102,7 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
             raise UserError(f"run '{run_dir}' already exists; continue it with --resume auto --run-name {name}, "
                             "or choose another --run-name")
         if announce:
-            sys.stderr.write(f"run '{name}' stopped before its first checkpoint: starting it afresh\n")
+            logger.info(f"run '{name}' stopped before its first checkpoint: starting it afresh")
     return run_dir, None
 
 
@@ -197,7 +197,7 @@ def read_run_config(path: Path) -> dict:
 def report_skipped(skipped: list[str], announce: bool) -> None:
     if announce:
         for note in skipped:
-            sys.stderr.write(f"skipping damaged checkpoint {note}\n")
+            logger.warning(f"skipping damaged checkpoint {note}")
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:

@@ -4,7 +4,6 @@ finding the checkpoint to use."""
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -12,6 +11,7 @@ from typing import Optional
 import torch
 
 from bfncli.errors import UserError
+from bfncli.log import logger
 
 
 @dataclass
@@ -62,7 +62,7 @@ def resolve_checkpoint(checkpoint: Optional[Path], runs_dir: Path, announce: boo
         return path
     path = find_latest(runs_dir)
     if announce:
-        sys.stderr.write(f"using checkpoint {path}\n")
+        logger.info(f"using checkpoint {path}")
     return path
 
 

@@ -25,6 +25,7 @@ from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
 from bfncli.errors import UserError
 from bfncli.jobs.runtime import require_memory, resolve_checkpoint, setup
+from bfncli.log import bar_disabled, logger
 from bfncli.samples_file import SAMPLES_FORMAT, samples_kind
 
 
@@ -142,7 +143,7 @@ def run_sample(
     from tqdm import tqdm
 
     bar = tqdm(total=evaluations * math.ceil(count / s.batch_size), desc=f"sample ({method.name})", unit="eval",
-               file=sys.stderr, dynamic_ncols=True, disable=None)
+               file=sys.stderr, dynamic_ncols=True, disable=bar_disabled())
     inputs: dict[int, list[Tensor]] = {}  # chunk -> recorded frames
     predictions: dict[int, list[Tensor]] = {}
     times: dict[int, float] = {}  # evaluation -> t
@@ -350,5 +351,5 @@ def _write(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Pa
             save_tensors(tensors, tmp, meta)
     except OSError as err:
         raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None
-    sys.stderr.write(f"wrote {tensors['samples'].shape[0]} samples to {output}\n")
+    logger.info(f"wrote {tensors['samples'].shape[0]} samples to {output}")
     return output

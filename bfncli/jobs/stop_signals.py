@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from typing import Optional
+
+from bfncli.log import logger
 
 
 class StopFlag:
@@ -22,10 +23,10 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            sys.stderr.write("\nsecond signal: exiting now (the last committed checkpoint is intact)\n")
+            logger.warning("second signal: exiting now (the last committed checkpoint is intact)")
             os._exit(128 + signum)
         self.signum = signum
-        sys.stderr.write("\nstopping after this step; writing a checkpoint (signal again to exit at once)\n")
+        logger.warning("stopping after this step; writing a checkpoint (signal again to exit at once)")
 
     def __exit__(self, *exc):
         if self.signum is not None:

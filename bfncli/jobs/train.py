@@ -34,6 +34,7 @@ from bfncli.jobs.run_directory import (
 from bfncli.jobs.run_lock import RunLock
 from bfncli.jobs.runtime import require_memory, setup
 from bfncli.jobs.stop_signals import StopFlag
+from bfncli.log import bar_disabled, logger
 from bfncli.training_state import (
     load_training_checkpoint,
     restore_optimizer,
@@ -185,7 +186,7 @@ class Trainer:
         precision = t.mixed_precision
         if precision != "no" and not torch.cuda.is_available():
             if self.runtime.is_main:
-                sys.stderr.write(f"note: train.mixed_precision={precision} needs a GPU; training in float32\n")
+                logger.warning(f"note: train.mixed_precision={precision} needs a GPU; training in float32")
             precision = "no"
         self.precision = precision  # what the run really uses
         self.accelerator = Accelerator(mixed_precision=precision, log_with=t.trackers or None,
@@ -238,14 +239,14 @@ class Trainer:
         if self.runtime.is_main:
             try:
                 for note in set_aside_newer(start_path.parent, state["step"]):
-                    sys.stderr.write(f"set aside a checkpoint newer than the one resumed from: {note}\n")
+                    logger.warning(f"set aside a checkpoint newer than the one resumed from: {note}")
                 truncate_metrics(self.run_dir / "metrics.jsonl", state["step"])
                 remove_stale_partials(self.run_dir)
                 write_text_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())  # with any resumable changes
             except OSError as err:
                 raise UserError(f"cannot update the run folder '{self.run_dir}': {err.strerror or err}; free disk "
                                 "space or fix its permissions (its checkpoints are intact)", exit_code=1) from None
-            sys.stderr.write(f"resuming {self.run_dir.name} from step {state['step']} ({start_path.name})\n")
+            logger.info(f"resuming {self.run_dir.name} from step {state['step']} ({start_path.name})")
         return state
 
     # ------------------------------------------------------------------------------ steps
@@ -308,7 +309,7 @@ class Trainer:
         if t.trackers:
             self.accelerator.init_trackers(self.run_dir.name, config=self.cfg.to_dict())
         bar = tqdm(total=t.steps, initial=state["step"], desc=self.run_dir.name, unit="step", file=sys.stderr,
-                   disable=None if main else True, dynamic_ncols=True)
+                   disable=bar_disabled(), dynamic_ncols=True)
         metrics_file = self.run_dir / "metrics.jsonl"
         if self.initial is not None and main:
             append_metrics(metrics_file, self.initial.record())
@@ -326,7 +327,7 @@ class Trainer:
                     state["skipped_steps"] += 1
                     state["nonfinite_streak"] += 1
                     if main:
-                        sys.stderr.write(f"\nstep {step + 1}: non-finite loss or gradients; step skipped\n")
+                        logger.warning(f"step {step + 1}: non-finite loss or gradients; step skipped")
                     if state["nonfinite_streak"] >= t.max_nonfinite_steps:
                         raise UserError(
                             f"stopping: {state['nonfinite_streak']} non-finite steps in a row at step {step + 1}; "
@@ -360,7 +361,7 @@ class Trainer:
         self.accelerator.end_training()
         release = self.run_dir / "checkpoints" / f"step-{state['step']:08d}" / "model.safetensors"
         if main:
-            sys.stderr.write(f"done: {state['step']} steps; EMA weights in {release}\n")
+            logger.info(f"done: {state['step']} steps; EMA weights in {release}")
         return release
 
     def _agree(self, flag: bool) -> bool:

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from bfncli.errors import UserError
+from bfncli.log import bar_disabled, logger
 
 FORMAT = "bfn-classifier"
 FORMAT_VERSION = "1"  # bump when the network or its training changes: old caches are then not used
@@ -163,11 +164,11 @@ def classifier_for(data_cfg, settings: ClassifierSettings = ClassifierSettings()
         if loaded is not None:
             return loaded
         if progress:
-            sys.stderr.write(f"the cached classifier {path} is damaged; training it again\n")
+            logger.warning(f"the cached classifier {path} is damaged; training it again")
     what = describe_split(data_cfg, train_split)
     if progress:
-        sys.stderr.write(f"training the feature classifier on {what} ({len(train)} images; cached for later "
-                         f"runs in {path.parent})\n")
+        logger.info(f"training the feature classifier on {what} ({len(train)} images; cached for later "
+                    f"runs in {path.parent})")
     with _threads(train.spec.shape):
         classifier = _train(train, heldout, settings, device, progress)
     classifier.info.update(data=what, heldout=describe_split(data_cfg, heldout_split))
@@ -196,7 +197,7 @@ def _train(train, heldout, settings: ClassifierSettings, device, progress: bool)
     optimizer = torch.optim.AdamW(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     net.train()
-    for step in tqdm(range(steps), desc="classifier", unit="step", file=sys.stderr, disable=None if progress else True,
+    for step in tqdm(range(steps), desc="classifier", unit="step", file=sys.stderr, disable=bar_disabled(None if progress else True),
                      leave=False):
         index = order[step * settings.batch_size : (step + 1) * settings.batch_size]
         x = _network_input(train.batch(index, generator), spec.kind).to(device)
@@ -238,7 +239,7 @@ def _save(classifier: ImageClassifier, path: Path) -> None:
         with atomic_path(path) as tmp:
             save_tensors(tensors, tmp, meta)
     except OSError as err:  # only a cache: the measure goes on, the next run trains again
-        sys.stderr.write(f"could not cache the classifier in {path} ({err.strerror or err})\n")
+        logger.warning(f"could not cache the classifier in {path} ({err.strerror or err})")
 
 
 def _load(path: Path, device) -> Optional[ImageClassifier]:
