@@ -7,37 +7,42 @@ answers at once. User errors become one line on stderr and a non-zero exit code,
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, List, Optional
 
 import typer
 
-from bfncli import __version__
+from bfncli import completion
 from bfncli.errors import Interrupted, UserError, raise_interrupted
 from bfncli.hub import HUB_SPEC_HELP, is_hub_spec
+from bfncli.log import NORMAL, QUIET, VERBOSE, logger, set_verbosity
 from bfncli.specs import local_checkpoint
 
+HELP_OPTIONS = ["-h", "--help"]
 app = typer.Typer(
     name="bfn",
     help="Train, evaluate and sample Bayesian Flow Networks (Graves et al., 2023).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": HELP_OPTIONS},
 )
 
 # ------------------------------------------------------------------------ shared options
-PresetOpt = typer.Option(None, "--preset", "-p", help="A preset experiment (bfn train --list-presets lists them).")
+PresetOpt = typer.Option(None, "--preset", "-p", help="A preset experiment (bfn train --list-presets lists them).",
+                         autocompletion=completion.presets)
 ConfigOpt = typer.Option(None, "--config", "-c", help="A YAML config file, layered over the preset.")
 SetOpt = typer.Option(
     [], "--set", "-s", metavar="KEY.PATH=VALUE", help="Override any config field, e.g. train.batch_size=64 (repeatable)."
 )
 RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", help="Where runs live.", envvar="BFN_RUNS_DIR")
 CheckpointOpt = typer.Option(
-    None, "--checkpoint", metavar="SPEC",
+    None, "--checkpoint", metavar="SPEC", autocompletion=completion.checkpoints,
     help=f"A bfn .safetensors file, {HUB_SPEC_HELP} (default: the newest checkpoint under --runs-dir).",
 )
 DataOpt = typer.Option(None, "--data", help="Your own data: an image folder, a text file or a .safetensors/.npy tensor.")
@@ -47,15 +52,45 @@ DeterministicOpt = typer.Option(
 )
 
 
-def _version(value: bool) -> None:
+# -q/-v are options of every command and of bfn itself: `bfn train -q` and `bfn -q train` are the same.
+def _verbosity(level: int, flag: str):
+    def callback(ctx: typer.Context, value: bool) -> None:
+        if not value:
+            return
+        other = ctx.meta.setdefault("bfn.verbosity", flag)  # meta is shared by bfn's and the command's context
+        if other != flag:
+            raise typer.BadParameter(f"{other} and {flag} contradict each other; give one of them")
+        set_verbosity(level)
+    return callback
+
+
+QuietOpt = typer.Option(False, "--quiet", "-q", callback=_verbosity(QUIET, "-q"), is_eager=True, expose_value=False,
+                        help="Errors only: no information, warnings or progress bars.")
+VerboseOpt = typer.Option(False, "--verbose", "-v", callback=_verbosity(VERBOSE, "-v"), is_eager=True,
+                          expose_value=False, help="Debug lines too: the resolved config, device and versions, timings.")
+
+
+def _json_flag(ctx: typer.Context, value: bool) -> None:
+    ctx.meta["bfn.json"] = value  # eager: known when --version's (not eager) callback runs
+
+
+def _version(ctx: typer.Context, value: bool) -> None:
     if value:
-        typer.echo(f"bfn {__version__}")
+        from bfncli.versions import describe, versions
+
+        info = versions()
+        typer.echo(json.dumps(info) if ctx.meta.get("bfn.json") else describe(info))
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    version: bool = typer.Option(False, "--version", callback=_version,
+                                 help="Show the versions of bfn, Python, torch (CUDA, GPUs) and accelerate."),
+    as_json: bool = typer.Option(False, "--json", callback=_json_flag, is_eager=True, expose_value=False,
+                                 help="With --version: one JSON object."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Train, evaluate and sample Bayesian Flow Networks (Graves et al., 2023)."""
 
@@ -104,12 +139,14 @@ def train(
     sets: List[str] = SetOpt,
     data: Optional[Path] = DataOpt,
     data_dir: Optional[Path] = DataDirOpt,
-    run_name: Optional[str] = typer.Option(None, "--run-name", help="Name of the run directory (default: preset-date-time)."),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="Name of the run directory (default: preset-date-time).",
+                                           autocompletion=completion.run_names),
     runs_dir: Path = RunsDirOpt,
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Total optimizer steps (train.steps)."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Steps between checkpoints."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (train.seed)."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (newest valid checkpoint of the run) or a checkpoint path."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (newest valid checkpoint of the run) or a checkpoint path.",
+                                         autocompletion=completion.resume),
     init: Optional[str] = typer.Option(
         None, "--init", metavar="SPEC",
         help=f"Start a new run from these weights (raw and EMA), at step 0 with a fresh optimizer: a bfn .safetensors "
@@ -118,12 +155,15 @@ def train(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate everything, print the resolved config as YAML, stop."),
     list_presets: bool = typer.Option(False, "--list-presets", help="List the presets and stop."),
     deterministic: bool = DeterministicOpt,
+    as_json: bool = typer.Option(False, "--json", help="With --list-presets: one JSON object on stdout."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Train a BFN (continuous-time loss, EMA, crash-safe checkpoints, exact resume)."""
     from bfncli.config import resolve_config
 
     if list_presets:
-        _print_presets()
+        _print_presets(as_json)
         return
     cfg = resolve_config(
         preset=preset,
@@ -138,6 +178,7 @@ def train(
             "train.seed": seed,
         }),
     )
+    logger.debug("resolved config:\n" + cfg.to_yaml().rstrip())
     if dry_run:
         sys.stdout.write(cfg.to_yaml())
         return
@@ -147,10 +188,13 @@ def train(
                  init=init)
 
 
-def _print_presets() -> None:
+def _print_presets(as_json: bool = False) -> None:
     from bfncli.config import DEFAULT_PRESET, list_presets
 
     presets = list_presets()
+    if as_json:
+        typer.echo(json.dumps({"default": DEFAULT_PRESET, "presets": presets}))
+        return
     width = max(map(len, presets))
     for name, description in presets.items():
         mark = " (default)" if name == DEFAULT_PRESET else ""
@@ -215,6 +259,8 @@ def eval_(
         None, "--class", metavar="none", help="Class-conditional models: 'none' gives the unconditional likelihood "
         "(default: conditional on each example's class)."
     ),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Evaluate a checkpoint: the paper's loss with standard errors (nats, bits, per example), or its samples."""
     for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size)):
@@ -297,13 +343,14 @@ def sample(
     checkpoint: Optional[str] = CheckpointOpt,
     runs_dir: Path = RunsDirOpt,
     shape: Optional[str] = typer.Option(None, "--shape", help="Comma-separated, batch first, then the model's data shape, e.g. 4,8,8,1."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", metavar="NAME", help=SAMPLER_HELP),
+    sampler: Optional[str] = typer.Option(None, "--sampler", metavar="NAME", help=SAMPLER_HELP,
+                                          autocompletion=completion.samplers),
     steps: Optional[int] = typer.Option(
         None, "--steps", help="Network evaluations (default: the checkpoint's sample.steps); for 'paper', its n updates."
     ),
     eta: Optional[float] = typer.Option(None, "--eta", help="ode/sde: the time the solver starts at, in (0, 1)."),
     class_: Optional[str] = typer.Option(
-        None, "--class", metavar="CLASS[,CLASS...]",
+        None, "--class", metavar="CLASS[,CLASS...]", autocompletion=completion.classes,
         help="Class-conditional models: a class name or index for all samples, one per sample, or 'none' "
         "(default: the classes in turn).",
     ),
@@ -323,6 +370,11 @@ def sample(
     sets: List[str] = SetOpt,
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
     deterministic: bool = DeterministicOpt,
+    summary: Optional[Path] = typer.Option(
+        None, "--json", metavar="FILE", help="Also write a summary (what was drawn, how, where; timing) as one JSON "
+        "object to FILE ('-': stdout, when the samples go to -o)."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Draw samples (optionally conditional, with any sampler) as safetensors."""
     path = local_checkpoint(checkpoint)  # before torch is imported: a bad spec or download fails at once
@@ -332,7 +384,7 @@ def sample(
         checkpoint=path, runs_dir=runs_dir, shape=shape, steps=steps, seed=seed, batch_size=batch_size,
         output=output, trajectory=trajectory, frames=frames, prompt=prompt, template=template, image=image,
         mask=mask, sets=sets, deterministic=deterministic, force=force, sampler=sampler, eta=eta,
-        classes=class_, guidance=guidance,
+        classes=class_, guidance=guidance, summary=summary,
     )
 
 
@@ -357,6 +409,8 @@ def render(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Picture or text file to write (default: samples.png for samples, flow.gif for a trajectory, RUN/loss.png for a run folder; text samples print to stdout)."),
     cols: Optional[int] = typer.Option(None, "--cols", min=1, help="Images per row."),
     preview: bool = typer.Option(False, "--preview", help="Also draw the images in the terminal."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Turn samples into a PNG grid, text, or an animation of the flow; or plot a run."""
     from bfncli.jobs.render import run_render
@@ -393,15 +447,20 @@ def convert(
     official_config: Optional[Path] = typer.Option(None, "--official-config", help="The official YAML config of the .pt file."),
     sets: List[str] = SetOpt,
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as one JSON object on stdout."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Convert official .pt checkpoints to bfn safetensors, and back."""
     from bfncli.specs import fetch
 
     path = fetch(source)  # before torch is imported: a bad spec or download fails at once
-    from bfncli.convert import run_convert
+    from bfncli.convert import conversion_record, run_convert
 
-    run_convert(source=path, output=output, preset=preset, official_config=official_config, sets=sets, force=force,
-                downloaded=is_hub_spec(source))
+    written = run_convert(source=path, output=output, preset=preset, official_config=official_config, sets=sets,
+                          force=force, downloaded=is_hub_spec(source))
+    if as_json:
+        typer.echo(json.dumps(conversion_record(source, written)))
 
 
 # -------------------------------------------------------------------------------- main
@@ -418,9 +477,12 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 def _run(argv: Optional[list[str]]) -> None:
     command = typer.main.get_command(app)
+    _flags_take_no_value(command)
+    set_verbosity(NORMAL)  # until -q or -v says otherwise
     args = sys.argv[1:] if argv is None else argv
     where = "bfn" + (f" {args[0]}" if args and args[0] in getattr(command, "commands", {}) else "")
     code = 1
+    start = time.perf_counter()
     try:
         code = command.main(args=args, prog_name="bfn", standalone_mode=False)
     except typer.TyperException as err:  # typer's public base of the (click) errors it raises
@@ -449,10 +511,22 @@ def _run(argv: Optional[list[str]]) -> None:
         if message is None:
             raise
         code = 1
-        _fail(f"{where}: {message}", 1)
+        _fail(f"{where}: {message}", 1, all_processes=True)  # each process says how much it asked for
     finally:
+        logger.debug(f"{where}: {time.perf_counter() - start:.2f} s")
         _close_process_group(succeeded=code in (0, None))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _flags_take_no_value(command) -> None:
+    """Typer's help shows a type beside every option, flags included (``--force <bool>``), as if they
+    took a value: blank it for flags (--help too, created here so that it is the one shown)."""
+    for cmd in [command, *getattr(command, "commands", {}).values()]:
+        context = typer.Context(cmd, help_option_names=HELP_OPTIONS)
+        help_option = cmd.get_help_option(context) if hasattr(cmd, "get_help_option") else None
+        for param in [*cmd.params, *([help_option] if help_option is not None else [])]:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
 
 
 def _close_process_group(succeeded: bool) -> None:
@@ -493,8 +567,8 @@ def out_of_memory_message(err: BaseException) -> Optional[str]:
             "steps), fewer samples, or smaller images")
 
 
-def _fail(message: str, code: int) -> None:
-    sys.stderr.write(message.replace("\n", " ").strip() + "\n")
+def _fail(message: str, code: int, all_processes: bool = False) -> None:
+    logger.error(message.replace("\n", " ").strip(), extra={"all_processes": all_processes})
     sys.exit(code)
 
 

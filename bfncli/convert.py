@@ -325,3 +325,17 @@ def to_official(source: Path, output: Path, force: bool) -> Path:
         raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None
     logger.info(f"wrote {output} (official layout, {len(state)} tensors)")
     return output
+
+
+def conversion_record(source: str, output: Path) -> dict[str, Any]:
+    """What ``bfn convert --json`` prints: the file written, its layout and size, and for a bfn
+    checkpoint the experiment it holds."""
+    output = Path(output)
+    record: dict[str, Any] = {"source": str(source), "output": str(output), "bytes": output.stat().st_size}
+    if output.suffix == ".safetensors":
+        info = read_info(output)
+        record.update(layout="bfn", weights=info.weights, description=info.config.description,
+                      converted_from=info.metadata.get("converted_from"))
+    else:
+        record["layout"] = "official"
+    return record

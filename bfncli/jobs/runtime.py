@@ -3,6 +3,7 @@ finding the checkpoint to use."""
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,27 @@ def setup(deterministic: bool = False) -> Runtime:
         from accelerate import PartialState
 
         state = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes: gloo
-        return Runtime(state.device, state.process_index, state.num_processes)
-    return Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        runtime = Runtime(state.device, state.process_index, state.num_processes)
+    else:
+        runtime = Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    _describe(runtime, deterministic)
+    return runtime
+
+
+def _describe(runtime: Runtime, deterministic: bool) -> None:
+    """-v: the device, the processes and the versions that decide the numbers."""
+    if not logger.isEnabledFor(logging.DEBUG):
+        return
+    from importlib import metadata
+
+    from bfncli import __version__
+
+    device = str(runtime.device)
+    if runtime.device.type == "cuda":
+        device += f" ({torch.cuda.get_device_name(runtime.device)})"
+    logger.debug(f"device {device}, {runtime.world_size} process(es), {torch.get_num_threads()} CPU threads, "
+                 f"{'deterministic' if deterministic else 'fast'} kernels; bfn {__version__}, torch "
+                 f"{torch.__version__} (CUDA {torch.version.cuda or 'none'}), accelerate {metadata.version('accelerate')}")
 
 
 def resolve_checkpoint(checkpoint: Optional[Path], runs_dir: Path, announce: bool = True) -> Path:

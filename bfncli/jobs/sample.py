@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from functools import partial
 from pathlib import Path
 from typing import Optional
@@ -20,7 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from bfncli.atomic_files import atomic_path, save_tensors
+from bfncli.atomic_files import atomic_path, save_tensors, write_text_atomic
 from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
 from bfncli.errors import UserError
@@ -75,10 +76,14 @@ def run_sample(
     eta: Optional[float] = None,
     classes: Optional[str] = None,
     guidance: Optional[float] = None,
+    summary: Optional[Path] = None,
 ) -> Optional[Path]:
     from bfncli.samplers import choose
     from bfncli.samplers.known_data import image_condition, text_condition
 
+    start = time.perf_counter()
+    if summary is not None:
+        _check_summary(summary, output, force)
     if output is None:
         _check_stdout()
     elif output.suffix != ".safetensors":
@@ -187,7 +192,10 @@ def run_sample(
         from bfncli.data.examples import ALPHABET
 
         meta["alphabet"] = ALPHABET
-    return _write(tensors, meta, output)
+    written = _write(tensors, meta, output)
+    if summary is not None:
+        _write_summary(summary, meta, output, time.perf_counter() - start, runtime.device)
+    return written
 
 
 def _require_memory(model, count: int, batch: int, evaluations: int, frames: int, device) -> None:
@@ -353,3 +361,40 @@ def _write(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Pa
         raise UserError(f"cannot write '{output}': {err.strerror or err}", exit_code=1) from None
     logger.info(f"wrote {tensors['samples'].shape[0]} samples to {output}")
     return output
+
+
+def _check_summary(summary: Path, output: Optional[Path], force: bool) -> None:
+    """--json FILE: a new file (or with --force), or '-' for standard output when the samples go to -o."""
+    if str(summary) == "-":
+        if output is None:
+            raise UserError("--json - would mix the summary into the samples on standard output; give --json FILE, "
+                            "or write the samples with -o FILE")
+        return
+    if summary.is_dir():
+        raise UserError(f"--json '{summary}' is a folder; give a file name such as '{summary / 'summary.json'}'")
+    if summary.exists() and not force:
+        raise UserError(f"'{summary}' already exists; pass --force to overwrite it or choose another --json file")
+    if not summary.parent.is_dir():
+        raise UserError(f"the folder of --json '{summary}' does not exist")
+
+
+def _write_summary(summary: Path, meta: dict[str, str], output: Optional[Path], seconds: float, device) -> None:
+    """What was drawn, how and where, as one JSON object (the samples file's metadata, decoded)."""
+    record: dict = {"output": str(output) if output is not None else "-"}
+    for key, value in meta.items():
+        if key in ("format", "alphabet"):
+            continue
+        record[key] = value
+        if key in ("steps", "evaluations", "seed", "shape", "num_bins", "eta", "guidance", "class_names") and value:
+            record[key] = json.loads(value)
+    record["samples"] = record["shape"][0]
+    record.update(seconds=round(seconds, 3), device=str(device))
+    text = json.dumps(record) + "\n"
+    if str(summary) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        write_text_atomic(summary, text)
+    except OSError as err:
+        raise UserError(f"cannot write '{summary}': {err.strerror or err}", exit_code=1) from None
