@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -244,3 +246,27 @@ def truncate_metrics(path: Path, step: int) -> None:
     except OSError as err:
         raise UserError(f"cannot rewrite '{path}': {err.strerror or err}; free disk space or fix its permissions",
                         exit_code=1) from None
+
+
+def resume_command(run_dir: Path, argv: Optional[list[str]] = None) -> str:
+    """The command that continues a run: the one that started it (same preset, config and settings,
+    which a resumed run must keep), with ``--resume auto --run-name NAME`` in place of any
+    --resume/--run-name/--init. ``argv``: the arguments bfn was given (default: this process's)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    root = 0
+    while root < len(args) and args[root] in ("-q", "--quiet", "-v", "--verbose"):
+        root += 1
+    tail = ["--resume", "auto", "--run-name", run_dir.name]
+    if Path(run_dir).parent != Path("runs"):
+        tail += ["--runs-dir", str(Path(run_dir).parent)]
+    if root >= len(args) or args[root] != "train":  # not known: say what to keep
+        return f"bfn train {shlex.join(tail)} (with this run's --preset, --config and --set)"
+    kept, skip = args[:root + 1], False
+    for arg in args[root + 1:]:
+        if skip:
+            skip = False
+        elif arg in ("--resume", "--run-name", "--init", "--runs-dir"):
+            skip = True
+        elif not arg.startswith(("--resume=", "--run-name=", "--init=", "--runs-dir=")):
+            kept.append(arg)
+    return "bfn " + shlex.join(kept + tail)

@@ -28,13 +28,15 @@ from bfncli.jobs.run_directory import (
     append_metrics,
     check_resumed_config,
     choose_run_dir,
+    resume_command,
     start_run_dir,
     truncate_metrics,
 )
 from bfncli.jobs.run_lock import RunLock
 from bfncli.jobs.runtime import require_memory, setup
 from bfncli.jobs.stop_signals import StopFlag
-from bfncli.log import bar_disabled, logger
+from bfncli.jobs.progress_lines import ProgressLines
+from bfncli.log import bar_disabled, logger, plain_progress
 from bfncli.training_state import (
     load_training_checkpoint,
     restore_optimizer,
@@ -310,6 +312,9 @@ class Trainer:
             self.accelerator.init_trackers(self.run_dir.name, config=self.cfg.to_dict())
         bar = tqdm(total=t.steps, initial=state["step"], desc=self.run_dir.name, unit="step", file=sys.stderr,
                    disable=bar_disabled(), dynamic_ncols=True)
+        lines = ProgressLines(t.steps, state["step"]) if main and plain_progress() else None  # no bar in a log file
+        if main:
+            logger.info(f"run folder: {self.run_dir}")
         metrics_file = self.run_dir / "metrics.jsonl"
         if self.initial is not None and main:
             append_metrics(metrics_file, self.initial.record())
@@ -346,6 +351,8 @@ class Trainer:
                         self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=done)
                     bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
                 bar.update()
+                if lines is not None:
+                    lines.update(done, m["loss"])
                 if self.val_set is not None and done % t.val_every == 0:
                     self._validate(done, state, metrics_file)
                 stopping = self._agree(stop.signum is not None)
@@ -354,6 +361,10 @@ class Trainer:
                     last_saved = done
                 if stopping:
                     bar.close()
+                    if main:
+                        folder = self.run_dir / "checkpoints" / f"step-{done:08d}"
+                        logger.warning(f"stopped at step {done}; checkpoint in {folder}; resume with: "
+                                       f"{resume_command(self.run_dir)}")
                     raise SystemExit(stop.exit_code)
         bar.close()
         if last_saved != state["step"]:
