@@ -27,7 +27,7 @@ from torch import Tensor
 from bfncli import __version__
 from bfncli.atomic_files import atomic_path, save_tensors
 from bfncli.config import BFNConfig, validate_config
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 from bfncli.log import bar_disabled
 
 FORMAT = "bfn"
@@ -116,46 +116,46 @@ def read_metadata(path: Path) -> dict[str, str]:
 
     path = Path(path)
     if not path.exists():
-        raise UserError(f"checkpoint '{path}' does not exist")
+        raise InputError(f"checkpoint '{path}' does not exist")
     if path.is_dir():
-        raise UserError(f"'{path}' is a directory; give the checkpoint's .safetensors file")
+        raise InputError(f"'{path}' is a directory; give the checkpoint's .safetensors file")
     if path.suffix in (".pt", ".pth", ".ckpt", ".bin"):
-        raise UserError(
+        raise InputError(
             f"'{path}' is not a bfn checkpoint; convert official .pt files first: bfn convert {path} -o model.safetensors"
         )
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as err:
-        raise UserError(f"'{path}' is not a readable safetensors file ({_short(err)}); is it truncated?") from None
+        raise InputError(f"'{path}' is not a readable safetensors file ({_short(err)}); is it truncated?") from None
 
 
 def read_info(path: Path) -> CheckpointInfo:
     meta = read_metadata(path)
     if meta.get("format") != FORMAT or "config" not in meta:
-        raise UserError(
+        raise InputError(
             f"'{path}' is a safetensors file but not a bfn checkpoint (no bfn config in its metadata); "
             "if it holds official weights, convert the official .pt with bfn convert"
         )
     if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(
+        raise InputError(
             f"'{path}' has checkpoint format version {meta.get('format_version')!r}; this bfn reads version "
             f"{FORMAT_VERSION}: upgrade bfn"
         )
     try:
         data = json.loads(meta["config"])
     except json.JSONDecodeError:
-        raise UserError(f"'{path}' has a corrupted config in its metadata; use another copy of the checkpoint") from None
+        raise InputError(f"'{path}' has a corrupted config in its metadata; use another copy of the checkpoint") from None
     if not isinstance(data, dict):
-        raise UserError(f"'{path}' has a corrupted config in its metadata (a JSON {type(data).__name__}, not an "
+        raise InputError(f"'{path}' has a corrupted config in its metadata (a JSON {type(data).__name__}, not an "
                         "object); use another copy of the checkpoint")
     try:
         cfg = validate_config(data, {})
     except UserError as err:
-        raise UserError(f"'{path}' carries a config this bfn cannot use: {err}") from None
+        raise InputError(f"'{path}' carries a config this bfn cannot use: {err}") from None
     step = meta.get("step", "0") or "0"
     if not step.isdigit():
-        raise UserError(f"'{path}' has a corrupted training step in its metadata ({step[:20]!r}); use another copy "
+        raise InputError(f"'{path}' has a corrupted training step in its metadata ({step[:20]!r}); use another copy "
                         "of the checkpoint")
     return CheckpointInfo(Path(path), cfg, meta.get("weights", "?"), int(step), meta)
 
@@ -171,10 +171,10 @@ def load_tensors(path: Path, device: str = "cpu") -> dict[str, Tensor]:
             tensors = {name: f.get_tensor(name) for name in progress(names, len(names), f"reading {Path(path).name}",
                                                                      Path(path).stat().st_size)}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise UserError(f"cannot read the tensors of '{path}' ({_short(err)}); is the file truncated?") from None
+        raise InputError(f"cannot read the tensors of '{path}' ({_short(err)}); is the file truncated?") from None
     # Files written before checksums existed have none: they load as they always did.
     if expected is not None and tensors_checksum(tensors) != expected:
-        raise UserError(f"'{path}' is damaged: its tensors do not match the checksum stored in it (changed bytes "
+        raise InputError(f"'{path}' is damaged: its tensors do not match the checksum stored in it (changed bytes "
                         "on disk or in transfer); use another copy")
     return tensors
 
@@ -183,7 +183,7 @@ def check_state_dict(expected: dict[str, Tensor], got: dict[str, Tensor], what: 
     """Refuse tensors that do not fit the architecture, naming the offenders."""
     problem = describe_mismatch(expected, got)
     if problem:
-        raise UserError(f"{what} does not fit its config ({problem})")
+        raise InputError(f"{what} does not fit its config ({problem})")
 
 
 def describe_mismatch(expected: dict[str, Tensor], got: dict[str, Tensor]) -> Optional[str]:
@@ -210,7 +210,7 @@ def check_dtypes(expected: dict[str, Tensor], got: dict[str, Tensor], what: str)
         have = got[name].dtype
         fits = torch.is_floating_point(got[name]) if want.is_floating_point() else have == want.dtype
         if not fits:
-            raise UserError(f"{what} holds '{name}' as {str(have).removeprefix('torch.')}, but the network needs "
+            raise InputError(f"{what} holds '{name}' as {str(have).removeprefix('torch.')}, but the network needs "
                             f"{'floating-point numbers' if want.is_floating_point() else want.dtype}; it is not a "
                             "valid checkpoint")
 
@@ -228,7 +228,7 @@ def load_model(path: Path, device: str = "cpu", cfg: Optional[BFNConfig] = None)
     for name, tensor in tensors.items():
         if not torch.is_floating_point(tensor) or torch.isfinite(tensor).all():
             continue
-        raise UserError(f"checkpoint '{path}' has non-finite values in '{name}'; it cannot be used")
+        raise InputError(f"checkpoint '{path}' has non-finite values in '{name}'; it cannot be used")
     model.net.load_state_dict(tensors, strict=True)
     return model.to(device).eval(), info
 

@@ -17,7 +17,7 @@ from typing import Any, List, Optional
 import typer
 
 from bfncli import completion
-from bfncli.errors import Interrupted, UserError, raise_interrupted
+from bfncli.errors import InputError, Interrupted, UserError, raise_interrupted
 from bfncli.hub import HUB_SPEC_HELP, is_hub_spec
 from bfncli.log import NORMAL, QUIET, VERBOSE, logger, set_verbosity
 from bfncli.specs import local_checkpoint
@@ -206,7 +206,7 @@ def _dataset_for(path: Optional[Path]) -> Optional[str]:
     if path is None:
         return None
     if not path.exists():
-        raise UserError(f"--data '{path}' does not exist; give an image folder, a text file or a "
+        raise InputError(f"--data '{path}' does not exist; give an image folder, a text file or a "
                         ".safetensors/.npy tensor file")
     if path.is_dir():
         return "images"

@@ -31,7 +31,7 @@ from bfncli.checkpoint import (
     save_checkpoint,
 )
 from bfncli.config import BFNConfig, deep_merge, load_preset, load_yaml, resolve_config
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 from bfncli.log import logger
 
 PREFIX = "net."
@@ -71,16 +71,16 @@ def _section(model: dict, key: str, table: dict[str, str], what: str) -> tuple[O
     if spec is None:
         return None, {}
     if not isinstance(spec, dict) or "class_name" not in spec:
-        raise UserError(f"official config: model.{key} needs a class_name")
+        raise InputError(f"official config: model.{key} needs a class_name")
     name = spec["class_name"]
     if name not in table:
-        raise UserError(f"official config: model.{key}.class_name '{name}' is not a supported {what} "
+        raise InputError(f"official config: model.{key}.class_name '{name}' is not a supported {what} "
                         f"(supported: {', '.join(table)})")
     params = {**OFFICIAL_DEFAULTS.get(name, {}), **dict(spec.get("parameters") or {})}
     for option, inactive in INACTIVE.items():
         if option in params:
             if params.pop(option) != inactive:
-                raise UserError(f"official config: model.{key}.parameters.{option} is not supported by bfn")
+                raise InputError(f"official config: model.{key}.parameters.{option} is not supported by bfn")
     return table[name], params
 
 
@@ -88,17 +88,17 @@ def official_to_config(official: dict[str, Any], source: str = "official config"
     """Translate an official YAML config (the ``model:`` section, or a whole training config)."""
     model = official.get("model")
     if not isinstance(model, dict):
-        raise UserError(f"{source} has no 'model:' section; give the official YAML the checkpoint was trained with")
+        raise InputError(f"{source} has no 'model:' section; give the official YAML the checkpoint was trained with")
     net_kind, net_params = _section(model, "net", _NETWORKS, "network")
     adapter_kind, adapter_params = _section(model, "input_adapter", _ADAPTERS, "input adapter")
     out_kind, out_params = _section(model, "distribution_factory", _OUTPUTS, "output distribution")
     if net_kind is None or adapter_kind is None or out_kind is None:
-        raise UserError(f"{source}: model.net, model.input_adapter and model.distribution_factory are required")
+        raise InputError(f"{source}: model.net, model.input_adapter and model.distribution_factory are required")
     network = {"kind": net_kind, **net_params, "input_adapter": {"kind": adapter_kind, **adapter_params}}
     output_adapter = model.get("output_adapter")
     if output_adapter is not None:
         if output_adapter.get("class_name") != "OutputAdapter":
-            raise UserError(f"{source}: model.output_adapter.class_name must be OutputAdapter")
+            raise InputError(f"{source}: model.output_adapter.class_name must be OutputAdapter")
         network["output_adapter"] = dict(output_adapter.get("parameters") or {})
 
     flow_spec = model.get("bayesian_flow") or {}
@@ -118,14 +118,14 @@ def official_to_config(official: dict[str, Any], source: str = "official config"
         base = "cifar10-256d"
     elif flow_spec.get("class_name") == "DiscreteBayesianFlow":
         if flow_params.get("discretize"):
-            raise UserError(f"{source}: DiscreteBayesianFlow with discretize=true is not supported")
+            raise InputError(f"{source}: DiscreteBayesianFlow with discretize=true is not supported")
         k = int(flow_params.get("n_classes", 2))
         flow = {"kind": "discrete", "n_classes": k, "max_sqrt_beta": float(flow_params.get("max_sqrt_beta", 1))}
         output = {"kind": out_kind}
         data = {"dataset": "mnist"} if k == 2 else {"dataset": "text8", "seq_len": adapter_params.get("seq_len", 256)}
         base = "mnist" if k == 2 else "text8"
     else:
-        raise UserError(f"{source}: model.bayesian_flow.class_name must be CtsBayesianFlow or DiscreteBayesianFlow")
+        raise InputError(f"{source}: model.bayesian_flow.class_name must be CtsBayesianFlow or DiscreteBayesianFlow")
 
     tree = deep_merge(load_preset(base), {"description": f"converted from {source}", "network": network,
                                           "flow": flow, "output": output, "data": data})
@@ -141,7 +141,7 @@ def _training_sections(official: dict[str, Any]) -> dict[str, Any]:
     if data.get("dataset"):
         name = {"bin_mnist": "mnist", "cifar10": "cifar10", "text8": "text8"}.get(data["dataset"])
         if name is None:
-            raise UserError(f"official config: data.dataset '{data['dataset']}' is not supported")
+            raise InputError(f"official config: data.dataset '{data['dataset']}' is not supported")
         out["data"] = {"dataset": name}
         for key in ("num_bins", "horizontal_flip", "seq_len"):
             if key in data:
@@ -168,16 +168,16 @@ def read_official(path: Path) -> dict[str, Tensor]:
     """An official state dict, read without unpickling anything but tensors; ``net.`` stripped."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"'{path}' does not exist" if not path.exists() else f"'{path}' is not a file")
+        raise InputError(f"'{path}' does not exist" if not path.exists() else f"'{path}' is not a file")
     try:
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as err:
-        raise UserError(f"cannot read '{path}': {err.strerror or err}") from None
+        raise InputError(f"cannot read '{path}': {err.strerror or err}") from None
     if not head:
-        raise UserError(f"'{path}' is empty; it is not a PyTorch checkpoint (was the download cut short?)")
+        raise InputError(f"'{path}' is empty; it is not a PyTorch checkpoint (was the download cut short?)")
     if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save writes a zip archive, or a pickle before 1.6
-        raise UserError(f"'{path}' is not a PyTorch checkpoint (neither a zip archive nor a pickle); "
+        raise InputError(f"'{path}' is not a PyTorch checkpoint (neither a zip archive nor a pickle); "
                         "give the official .pt file")
     try:
         # mmap: tensors are read when copied, under save_checkpoint's progress bar. torch warns about
@@ -186,17 +186,17 @@ def read_official(path: Path) -> dict[str, Tensor]:
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError:
-        raise UserError(f"'{path}' is not a plain state dict of tensors (it needs arbitrary code to load); "
+        raise InputError(f"'{path}' is not a plain state dict of tensors (it needs arbitrary code to load); "
                         "bfn only reads weights_only checkpoints") from None
     except Exception as err:  # a damaged or foreign file can fail the unpickler in any way (KeyError, EOFError...)
         reason = (str(err).strip().splitlines() or [""])[0][:120]
-        raise UserError(f"cannot read '{path}' as a PyTorch checkpoint ({type(err).__name__}: {reason}); "
+        raise InputError(f"cannot read '{path}' as a PyTorch checkpoint ({type(err).__name__}: {reason}); "
                         "is it truncated or corrupted?") from None
     if not isinstance(obj, dict) or not obj:
-        raise UserError(f"'{path}' holds a {type(obj).__name__}, not a state dict of tensors")
+        raise InputError(f"'{path}' holds a {type(obj).__name__}, not a state dict of tensors")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise UserError(f"'{path}' is not a plain state dict: entry {bad[0]!r} is not a tensor")
+        raise InputError(f"'{path}' is not a plain state dict: entry {bad[0]!r} is not a tensor")
     if all(k.startswith(PREFIX) for k in obj):
         return OrderedDict((k[len(PREFIX):], v) for k, v in obj.items())
     return OrderedDict(obj)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 
 SAMPLES_FORMAT = "bfn-samples"
 TEXT_CLASSES = 27  # text8's alphabet: space and a..z
@@ -42,20 +42,20 @@ def parse_samples(data: bytes, where: str) -> tuple[dict[str, Tensor], dict[str,
     if not data:
         hint = ("pipe samples in (bfn sample | bfn render) or give a samples file" if where == "standard input"
                 else "draw samples into it with bfn sample -o FILE")
-        raise UserError(f"{where} is empty; {hint}")
+        raise InputError(f"{where} is empty; {hint}")
     try:
         size = struct.unpack("<Q", data[:8])[0]
         header = json.loads(data[8 : 8 + size]) if 8 + size <= len(data) else None
         tensors = load(data)
     except (struct.error, ValueError, SafetensorError, UnicodeDecodeError):
-        raise UserError(f"{where} is not a safetensors samples file; make one with bfn sample") from None
+        raise InputError(f"{where} is not a safetensors samples file; make one with bfn sample") from None
     meta = (header or {}).get("__metadata__") or {}
     if meta.get("format") == "bfn":
-        raise UserError(f"{where} is a bfn checkpoint, not samples; draw samples with bfn sample --checkpoint ...")
+        raise InputError(f"{where} is a bfn checkpoint, not samples; draw samples with bfn sample --checkpoint ...")
     if meta.get("format") != SAMPLES_FORMAT or "samples" not in tensors:
-        raise UserError(f"{where} is a safetensors file but not bfn samples (no 'samples' tensor / kind)")
+        raise InputError(f"{where} is a safetensors file but not bfn samples (no 'samples' tensor / kind)")
     if meta.get("kind") not in KINDS:
-        raise UserError(f"{where} holds samples of kind {meta.get('kind')!r}, which this bfn cannot read")
+        raise InputError(f"{where} holds samples of kind {meta.get('kind')!r}, which this bfn cannot read")
     check_samples(tensors, meta, where)
     return tensors, meta
 
@@ -80,27 +80,27 @@ def check_samples(tensors: dict[str, Tensor], meta: dict[str, str], where: str) 
     again = "draw the samples again with bfn sample"
     dtype, dims, layout = LAYOUTS[kind]
     if samples.dim() != dims:
-        raise UserError(f"{where} holds {kind.replace('_', ' ')} samples of shape {tuple(samples.shape)}; they must be "
-                        f"{layout}; {again}")
+        raise InputError(f"{where} holds {kind.replace('_', ' ')} samples of shape {tuple(samples.shape)}; they must be "
+                         f"{layout}; {again}")
     if samples.shape[0] == 0:
-        raise UserError(f"{where} holds no samples (its shape is {tuple(samples.shape)}); draw some with bfn sample -o FILE")
+        raise InputError(f"{where} holds no samples (its shape is {tuple(samples.shape)}); draw some with bfn sample -o FILE")
     if samples.numel() == 0:
-        raise UserError(f"{where} holds samples of shape {tuple(samples.shape)}, with no values; {again}")
+        raise InputError(f"{where} holds samples of shape {tuple(samples.shape)}, with no values; {again}")
     if (dtype == "float") != samples.is_floating_point() or samples.is_complex() or samples.dtype == torch.bool:
         got = str(samples.dtype).removeprefix("torch.")
-        raise UserError(f"{where} holds {got} {kind.replace('_', ' ')} samples; they must be {layout}; {again}")
+        raise InputError(f"{where} holds {got} {kind.replace('_', ' ')} samples; they must be {layout}; {again}")
     if dtype == "float":
         if not bool(torch.isfinite(samples).all()):
-            raise UserError(f"{where} holds samples with NaN or infinite values; {again}")
+            raise InputError(f"{where} holds samples with NaN or infinite values; {again}")
         low, high = float(samples.min()), float(samples.max())
         if low < -1 or high > 1:
-            raise UserError(f"{where} holds image values from {low:g} to {high:g}, outside [-1, 1]; {again}")
+            raise InputError(f"{where} holds image values from {low:g} to {high:g}, outside [-1, 1]; {again}")
     else:
         top = 1 if kind == "binary_image" else TEXT_CLASSES - 1
         low, high = int(samples.min()), int(samples.max())
         if low < 0 or high > top:
             what = "binary pixels are 0 or 1" if kind == "binary_image" else f"text ids are 0..{top} (space, a..z)"
-            raise UserError(f"{where} holds values from {low} to {high}; {what}; {again}")
+            raise InputError(f"{where} holds values from {low} to {high}; {what}; {again}")
     _check_bins(meta, kind, where, again)
     _check_classes(tensors, meta, samples.shape[0], where, again)
     _check_flow(tensors, samples, where, again)
@@ -110,15 +110,15 @@ def _check_bins(meta: dict[str, str], kind: str, where: str, again: str) -> None
     text = (meta.get("num_bins") or "").strip()
     if not text:
         if kind == "discretized_image":
-            raise UserError(f"{where} does not say how many bins its discretized images have (num_bins); {again}")
+            raise InputError(f"{where} does not say how many bins its discretized images have (num_bins); {again}")
         return
     if not text.isdigit() or not MIN_BINS <= int(text) <= MAX_BINS:
-        raise UserError(f"{where} is damaged: its num_bins is {text!r}, not a whole number from {MIN_BINS} to "
-                        f"{MAX_BINS}; {again}")
+        raise InputError(f"{where} is damaged: its num_bins is {text!r}, not a whole number from {MIN_BINS} to "
+                         f"{MAX_BINS}; {again}")
     expected = BINS.get(kind)
     if expected is not None and int(text) != expected:
-        raise UserError(f"{where} is damaged: {kind.replace('_', ' ')} samples have {expected} classes, its num_bins "
-                        f"says {text}; {again}")
+        raise InputError(f"{where} is damaged: {kind.replace('_', ' ')} samples have {expected} classes, its num_bins "
+                         f"says {text}; {again}")
 
 
 def class_names_of(meta: dict[str, str]) -> list[str]:
@@ -138,28 +138,28 @@ def _check_classes(tensors: dict[str, Tensor], meta: dict[str, str], count: int,
         return
     names = class_names_of(meta)
     if not names:
-        raise UserError(f"{where} holds classes but no class_names to say what they are; {again}")
+        raise InputError(f"{where} holds classes but no class_names to say what they are; {again}")
     if classes.is_floating_point() or classes.is_complex() or classes.dtype == torch.bool or classes.dim() != 1 \
             or classes.shape[0] != count:
-        raise UserError(f"{where} is damaged: its classes are {str(classes.dtype).removeprefix('torch.')} of shape "
-                        f"{tuple(classes.shape)}, not one class id per sample ({count},); {again}")
+        raise InputError(f"{where} is damaged: its classes are {str(classes.dtype).removeprefix('torch.')} of shape "
+                         f"{tuple(classes.shape)}, not one class id per sample ({count},); {again}")
     low, high = int(classes.min()), int(classes.max())
     if low < 0 or high > len(names):  # len(names) is "no class" (unconditional samples)
-        raise UserError(f"{where} holds class ids from {low} to {high} but names {len(names)} classes (ids 0.."
-                        f"{len(names) - 1}, {len(names)} for none); {again}")
+        raise InputError(f"{where} holds class ids from {low} to {high} but names {len(names)} classes (ids 0.."
+                         f"{len(names) - 1}, {len(names)} for none); {again}")
 
 
 def read_samples_file(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Every tensor and the metadata of a samples file."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"'{path}' is a folder, not a samples file")
+        raise InputError(f"'{path}' is a folder, not a samples file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"'{path}' does not exist") from None
+        raise InputError(f"'{path}' does not exist") from None
     except OSError as err:
-        raise UserError(f"cannot read '{path}': {err.strerror or err}") from None
+        raise InputError(f"cannot read '{path}': {err.strerror or err}") from None
     return parse_samples(data, f"'{path}'")
 
 
@@ -177,16 +177,16 @@ def _check_flow(tensors: dict[str, Tensor], samples: Tensor, where: str, again: 
     if "flow_input" not in tensors:
         return
     if not {"flow_prediction", "flow_steps"} <= tensors.keys():
-        raise UserError(f"{where} is an incomplete trajectory (no flow_prediction/flow_steps); record it again with "
-                        "bfn sample --trajectory")
+        raise InputError(f"{where} is an incomplete trajectory (no flow_prediction/flow_steps); record it again with "
+                         "bfn sample --trajectory")
     steps = tensors["flow_steps"]
     frames = steps.shape[0] if steps.dim() == 1 else -1
     for name in ("flow_input", "flow_prediction"):
         flow = tensors[name]
         if (frames < 1 or steps.is_floating_point() or not flow.is_floating_point() or flow.dim() < 2
                 or tuple(flow.shape[:2]) != (frames, samples.shape[0])):
-            raise UserError(f"{where} is a damaged trajectory: {name} has shape {tuple(flow.shape)} for "
-                            f"{tuple(steps.shape)} frames of {samples.shape[0]} samples; record it again with bfn sample "
-                            "--trajectory")
+            raise InputError(f"{where} is a damaged trajectory: {name} has shape {tuple(flow.shape)} for "
+                             f"{tuple(steps.shape)} frames of {samples.shape[0]} samples; record it again with bfn sample "
+                             "--trajectory")
         if not bool(torch.isfinite(flow).all()):
-            raise UserError(f"{where} is a damaged trajectory: {name} holds NaN or infinite values; {again}")
+            raise InputError(f"{where} is a damaged trajectory: {name} holds NaN or infinite values; {again}")

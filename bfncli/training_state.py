@@ -25,7 +25,7 @@ from torch import Tensor
 
 from bfncli.atomic_files import file_sha256, fsync_dir, fsync_file, save_tensors
 from bfncli.checkpoint import RELEASE_NAME, metadata_for, save_checkpoint
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 from bfncli.log import logger
 
 STATE_TENSORS = "state.safetensors"
@@ -205,7 +205,7 @@ def load_training_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, A
 
     problem = verify(path)
     if problem is not None:
-        raise UserError(f"checkpoint '{path}' is not usable: {problem}")
+        raise InputError(f"checkpoint '{path}' is not usable: {problem}")
     # Copies, not views of the file's memory map: the optimizer would keep its state in the mapping of
     # a checkpoint the run prunes later, whose disk space would then stay taken until the run ends.
     tensors = {name: t.clone() for name, t in load_file(str(Path(path) / STATE_TENSORS)).items()}
@@ -235,4 +235,4 @@ def find_latest(runs_dir: Path) -> Path:
         if (path.parent / MANIFEST).exists():  # an unfinished write is not worth a word
             logger.warning(f"skipping damaged checkpoint {path.parent}: {problem}")
     where = runs_dir if runs_dir.exists() else f"{runs_dir} (which does not exist)"
-    raise UserError(f"no checkpoint found under {where}; train one with 'bfn train' or pass --checkpoint FILE")
+    raise InputError(f"no checkpoint found under {where}; train one with 'bfn train' or pass --checkpoint FILE")

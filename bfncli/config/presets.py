@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from bfncli import yaml_loader
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 
 DEFAULT_PRESET = "default"
 
@@ -47,19 +47,19 @@ def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, with one-line errors for every way that can fail."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"config file '{path}' does not exist; check the path given to --config")
+        raise InputError(f"config file '{path}' does not exist; check the path given to --config")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read config file '{path}': {getattr(err, 'strerror', None) or err}")
+        raise InputError(f"cannot read config file '{path}': {getattr(err, 'strerror', None) or err}")
     try:
         data = yaml_loader.load(text)
     except yaml.YAMLError as err:
-        raise UserError(f"config file '{path}' is not valid YAML{yaml_loader.describe_error(err)}") from None
+        raise InputError(f"config file '{path}' is not valid YAML{yaml_loader.describe_error(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(
+        raise InputError(
             f"config file '{path}' must be a YAML mapping of sections (data:, network:, ...), "
             f"not a {type(data).__name__}"
         )

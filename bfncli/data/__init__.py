@@ -43,7 +43,7 @@ from bfncli.data.examples import (
     encode_text,
     holdout,
 )
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 
 Split = Literal["train", "val", "test", "all"]
 VISION_SPLIT_SEED = 2147483647  # the official code's validation split generator seed
@@ -130,13 +130,13 @@ def _user_path(cfg) -> Path:
         raise UserError(f"data.dataset '{cfg.dataset}' needs a path: pass --data PATH (or set data.path)")
     path = Path(cfg.path)
     if not path.exists():
-        raise UserError(f"--data '{path}' does not exist")
+        raise InputError(f"--data '{path}' does not exist")
     return path
 
 
 def _fractions(n: int, val_frac: float) -> tuple[float, float]:
     if n < 2:
-        raise UserError(f"the data has {n} example(s); at least 2 are needed to hold one out for validation")
+        raise InputError(f"the data has {n} example(s); at least 2 are needed to hold one out for validation")
     val = max(val_frac, 1.0 / n)  # at least one validation example
     return (1 - val, val)
 
@@ -169,6 +169,6 @@ def _split_90_5_5(codes: torch.Tensor, split: Split) -> torch.Tensor:
 
 def _text(codes: torch.Tensor, cfg, split: Split):
     if codes.numel() <= cfg.seq_len:
-        raise UserError(f"the {split} split of the text has {codes.numel()} characters, fewer than one sequence "
+        raise InputError(f"the {split} split of the text has {codes.numel()} characters, fewer than one sequence "
                         f"of data.seq_len={cfg.seq_len}; use more text or a shorter data.seq_len")
     return TextWindows(codes, cfg.seq_len)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 from bfncli.log import bar_disabled, logger
 
 CONNECT_TIMEOUT = 10.0  # seconds per connection attempt (and per stalled read)
@@ -74,7 +74,7 @@ def ensure(remote: RemoteFile, directory: Path, download: bool, mirrors: list[st
         return target
     remote = remote.with_mirrors(mirrors)
     if not download:
-        raise UserError(f"'{target}' is missing and downloads are off (data.download=false); download it from "
+        raise InputError(f"'{target}' is missing and downloads are off (data.download=false); download it from "
                         f"{remote.urls[0]} and put it in {directory}")
     try:
         Path(directory).mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from bfncli.data.download import RemoteFile, ensure
 from bfncli.data.examples import encode_text
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -54,17 +54,17 @@ def _read_idx(path: Path) -> bytes:
         with opener(path, "rb") as f:
             return f.read()
     except (OSError, EOFError) as err:
-        raise UserError(f"'{path}' is not a readable (gzip) IDX file ({err}); delete it to download it again") from None
+        raise InputError(f"'{path}' is not a readable (gzip) IDX file ({err}); delete it to download it again") from None
 
 
 def read_idx_images(path: Path) -> Tensor:
     """An IDX3 file of uint8 images (gzip-compressed or not) -> (N, H, W) uint8."""
     data = _read_idx(path)
     if len(data) < 16 or struct.unpack(">I", data[:4])[0] != 0x803:
-        raise UserError(f"'{path}' is not an IDX image file (bad magic number); delete it to download it again")
+        raise InputError(f"'{path}' is not an IDX image file (bad magic number); delete it to download it again")
     n, h, w = struct.unpack(">III", data[4:16])
     if len(data) != 16 + n * h * w:
-        raise UserError(f"'{path}' is truncated ({len(data) - 16} of {n * h * w} pixel bytes); delete it to download "
+        raise InputError(f"'{path}' is truncated ({len(data) - 16} of {n * h * w} pixel bytes); delete it to download "
                         "it again")
     return torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).reshape(n, h, w)
 
@@ -73,10 +73,10 @@ def read_idx_labels(path: Path) -> Tensor:
     """An IDX1 file of uint8 labels (gzip-compressed or not) -> (N,) uint8."""
     data = _read_idx(path)
     if len(data) < 8 or struct.unpack(">I", data[:4])[0] != 0x801:
-        raise UserError(f"'{path}' is not an IDX label file (bad magic number); delete it to download it again")
+        raise InputError(f"'{path}' is not an IDX label file (bad magic number); delete it to download it again")
     n = struct.unpack(">I", data[4:8])[0]
     if len(data) != 8 + n:
-        raise UserError(f"'{path}' is truncated ({len(data) - 8} of {n} labels); delete it to download it again")
+        raise InputError(f"'{path}' is truncated ({len(data) - 8} of {n} labels); delete it to download it again")
     return torch.frombuffer(bytearray(data[8:]), dtype=torch.uint8)
 
 
@@ -89,10 +89,10 @@ def mnist_labels(root: Path, part: str, download: bool, mirrors: list[str], coun
     path = ensure(MNIST_LABELS[part], root / "mnist", download, mirrors)
     labels = read_idx_labels(path)
     if labels.numel() != count:
-        raise UserError(f"'{path}' has {labels.numel()} labels but {MNIST[part].name} has {count} images; "
+        raise InputError(f"'{path}' has {labels.numel()} labels but {MNIST[part].name} has {count} images; "
                         "delete the one that does not belong to download it again")
     if labels.numel() and labels.max() > 9:
-        raise UserError(f"'{path}' has labels above 9: not MNIST's label file; delete it to download it again")
+        raise InputError(f"'{path}' has labels above 9: not MNIST's label file; delete it to download it again")
     return labels.long()
 
 
@@ -113,16 +113,16 @@ def read_cifar10_binary(archive: Path) -> dict[str, tuple[Tensor, Tensor]]:
                 if member.isfile() and base in names["train"] + names["test"]:
                     found[base] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as err:
-        raise UserError(f"'{archive}' is not a readable CIFAR-10 binary archive ({err}); delete it to download it "
+        raise InputError(f"'{archive}' is not a readable CIFAR-10 binary archive ({err}); delete it to download it "
                         "again") from None
     out = {}
     for part, files in names.items():
         missing = [f for f in files if f not in found]
         if missing:
-            raise UserError(f"'{archive}' lacks {', '.join(missing)}: is it the CIFAR-10 *binary* version?")
+            raise InputError(f"'{archive}' lacks {', '.join(missing)}: is it the CIFAR-10 *binary* version?")
         blob = b"".join(found[f] for f in files)
         if len(blob) % 3073:
-            raise UserError(f"'{archive}' has truncated records; delete it to download it again")
+            raise InputError(f"'{archive}' has truncated records; delete it to download it again")
         records = torch.frombuffer(bytearray(blob), dtype=torch.uint8).reshape(-1, 3073)
         out[part] = (records[:, 1:].reshape(-1, 3, 32, 32).permute(0, 2, 3, 1).contiguous(), records[:, 0].clone())
     return out
@@ -145,7 +145,7 @@ def cifar10_labels(root: Path, part: str, download: bool, mirrors: list[str]) ->
     if labels is None:
         labels = _decode_cifar10(directory, part, download, mirrors)[1]
     if labels.numel() and labels.max() >= len(CIFAR10_CLASSES):
-        raise UserError(f"'{directory / CIFAR10.name}' has labels above 9: not the CIFAR-10 binary archive")
+        raise InputError(f"'{directory / CIFAR10.name}' has labels above 9: not the CIFAR-10 binary archive")
     return labels.long()
 
 
@@ -184,11 +184,11 @@ def text8_split(root: Path, split: str, download: bool, mirrors: list[str]) -> T
         ensure(TEXT8, directory, download, mirrors)
     problem = check_text8_zip(archive)  # downloads are checksummed; a copy put there by hand is checked here
     if problem is not None:
-        raise UserError(f"'{archive}' {problem}; delete it to download it again")
+        raise InputError(f"'{archive}' {problem}; delete it to download it again")
     with zipfile.ZipFile(archive) as z:
         raw = z.read("text8")
     if set(raw) - set(b" abcdefghijklmnopqrstuvwxyz"):
-        raise UserError(f"'{archive}' has characters outside text8's alphabet: not the text8 corpus")
+        raise InputError(f"'{archive}' has characters outside text8's alphabet: not the text8 corpus")
     table = bytes.maketrans(b" abcdefghijklmnopqrstuvwxyz", bytes(range(27)))
     codes = torch.frombuffer(bytearray(raw.translate(table)), dtype=torch.uint8)
     for name, (a, b) in bounds.items():

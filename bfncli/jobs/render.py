@@ -14,7 +14,7 @@ from torch import Tensor
 
 from bfncli.atomic_files import fsync_file
 from bfncli.data.examples import decode_text as decode
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 from bfncli.jobs.run_directory import read_metrics_counted
 from bfncli.log import logger
 from bfncli.samples_file import class_names_of, parse_samples, read_samples_file
@@ -145,8 +145,8 @@ def _count(meta: dict[str, str], key: str, default: int) -> int:
     try:
         return int(meta.get(key, default))
     except ValueError:
-        raise UserError(f"the samples file is damaged: its '{key}' is {meta[key]!r}, not a number; draw the "
-                        "samples again") from None
+        raise InputError(f"the samples file is damaged: its '{key}' is {meta[key]!r}, not a number; draw the "
+                         "samples again") from None
 
 
 def _save_class_rows(images: Tensor, classes: Tensor, names: list[str], output: Path, cols: Optional[int]) -> None:
@@ -270,12 +270,12 @@ def render_run(run_dir: Path, output: Optional[Path]) -> Path:
 
     metrics = run_dir / "metrics.jsonl"
     if not metrics.exists():
-        raise UserError(f"'{run_dir}' is not a bfn run directory (no metrics.jsonl); train one with bfn train")
+        raise InputError(f"'{run_dir}' is not a bfn run directory (no metrics.jsonl); train one with bfn train")
     train, val = [], []
     try:
         records, skipped = read_metrics_counted(metrics)
     except OSError as err:
-        raise UserError(f"cannot read '{metrics}': {err.strerror or err}") from None
+        raise InputError(f"cannot read '{metrics}': {err.strerror or err}") from None
     if skipped:
         logger.warning(f"skipped {skipped} damaged line{'s' if skipped > 1 else ''} of {metrics} (not JSON records "
                        "with a step); the curves show the rest")
@@ -285,7 +285,7 @@ def render_run(run_dir: Path, output: Optional[Path]) -> Path:
         if isinstance(record.get("val_loss"), (int, float)):
             val.append((record["step"], record["val_loss"]))
     if not train:
-        raise UserError(f"'{metrics}' has no training steps yet")
+        raise InputError(f"'{metrics}' has no training steps yet")
     output = output or run_dir / "loss.png"
     fig, ax = plt.subplots(figsize=(7, 4))
     steps, losses = zip(*train)

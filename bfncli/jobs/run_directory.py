@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from bfncli.atomic_files import remove_stale_partials, write_text_atomic
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 from bfncli.log import logger
 from bfncli.training_state import PREFIX, find_resumable, verify
 
@@ -52,30 +52,30 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
     if resume not in (None, "auto"):
         path = Path(resume)
         if not path.exists():
-            raise UserError(f"--resume {resume}: no such checkpoint; use --resume auto or a checkpoint directory")
+            raise InputError(f"--resume {resume}: no such checkpoint; use --resume auto or a checkpoint directory")
         if path.name == "checkpoints" or (path / "checkpoints").is_dir():
             path = path if path.name == "checkpoints" else path / "checkpoints"
             claim(path.parent)
             best, skipped = find_resumable(path.parent)
             report_skipped(skipped, announce)
             if best is None:
-                raise UserError(f"--resume {resume}: no intact checkpoint there")
+                raise InputError(f"--resume {resume}: no intact checkpoint there")
             return path.parent, best
         path = path.resolve()
         if path.parent.name != "checkpoints":
-            raise UserError(f"--resume {resume}: not a checkpoint of a run (runs/NAME/checkpoints/step-...); give "
+            raise InputError(f"--resume {resume}: not a checkpoint of a run (runs/NAME/checkpoints/step-...); give "
                             "one inside its run folder, or the run's checkpoints folder")
         claim(path.parent.parent)
         problem = verify(path)
         if problem is not None:
-            raise UserError(f"--resume {resume}: {problem}")
+            raise InputError(f"--resume {resume}: {problem}")
         return path.parent.parent, path
     if resume == "auto":
         if run_name is None:
             runs = sorted((p for p in runs_dir.glob("*") if (p / "config.yaml").exists()),
                           key=lambda p: p.stat().st_mtime)
             if not runs:
-                raise UserError(f"--resume auto: no runs under {runs_dir}; start one without --resume")
+                raise InputError(f"--resume auto: no runs under {runs_dir}; start one without --resume")
             run_dir = runs[-1]
         else:
             check_run_name(run_name)
@@ -84,7 +84,7 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
         best, skipped = find_resumable(run_dir)
         report_skipped(skipped, announce)
         if best is None and not never_got_anywhere(run_dir):
-            raise UserError(f"run '{run_dir.name}' has no intact checkpoint to resume from (the damaged ones are named "
+            raise InputError(f"run '{run_dir.name}' has no intact checkpoint to resume from (the damaged ones are named "
                             f"above); resume from one of your own with --resume DIR, or start a new run under another "
                             "--run-name")
         if best is None:
@@ -168,7 +168,7 @@ def check_resumed_config(run_dir: Path, checkpoint_config: dict, new_config: dic
     try:  # written by an older bfn, it may lack fields added since: compare with their defaults filled in
         old = validate_config(old).to_dict()
     except UserError as err:
-        raise UserError(f"the run's config '{path}' no longer validates ({err}); delete it to resume with the config "
+        raise InputError(f"the run's config '{path}' no longer validates ({err}); delete it to resume with the config "
                         "stored in the checkpoint") from None
     changes = config_changes(old, new_config)
     if changes:
@@ -186,13 +186,13 @@ def read_run_config(path: Path) -> dict:
     try:
         data = yaml_loader.load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read the run's config '{path}' ({getattr(err, 'strerror', None) or err}); {hint}") from None
+        raise InputError(f"cannot read the run's config '{path}' ({getattr(err, 'strerror', None) or err}); {hint}") from None
     except yaml.YAMLError as err:
-        raise UserError(f"the run's config '{path}' is damaged (not valid YAML{yaml_loader.describe_error(err)}); "
+        raise InputError(f"the run's config '{path}' is damaged (not valid YAML{yaml_loader.describe_error(err)}); "
                         f"{hint}") from None
     if not isinstance(data, dict) or not data:
         what = "empty" if not data else f"a {type(data).__name__}, not a mapping of sections"
-        raise UserError(f"the run's config '{path}' is damaged ({what}); {hint}")
+        raise InputError(f"the run's config '{path}' is damaged ({what}); {hint}")
     return data
 
 

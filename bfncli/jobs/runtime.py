@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 from bfncli.log import logger
 
 
@@ -78,7 +78,7 @@ def resolve_checkpoint(checkpoint: Optional[Path], runs_dir: Path, announce: boo
         if path.name == RELEASE_NAME and (path.parent / MANIFEST).is_file():
             problem = verify(path.parent, only=RELEASE_NAME)
             if problem is not None:
-                raise UserError(f"checkpoint '{path}' is damaged ({problem}); use another checkpoint of the run")
+                raise InputError(f"checkpoint '{path}' is damaged ({problem}); use another checkpoint of the run")
         return path
     path = find_latest(runs_dir)
     if announce:

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 
 from bfncli.data.examples import ALPHABET
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 from bfncli.samplers.conditioning import Condition
 
 PLACEHOLDER = "?"
@@ -59,17 +59,17 @@ def image_condition(image: Optional[Path], mask: Optional[str], model, kind: str
 def _load_known_image(path: Path, shape, kind: str, model) -> torch.Tensor:
     h, w, c = shape
     if not path.exists():
-        raise UserError(f"--image '{path}' does not exist")
+        raise InputError(f"--image '{path}' does not exist")
     if path.suffix == ".safetensors":
         from bfncli.samples_file import read_samples
 
         samples, meta = read_samples(path)
         if tuple(samples.shape[1:]) != shape:
-            raise UserError(f"--image '{path}' holds examples of shape {tuple(samples.shape[1:])}; the model makes {shape}")
+            raise InputError(f"--image '{path}' holds examples of shape {tuple(samples.shape[1:])}; the model makes {shape}")
         return samples[0]
     pixels = _read_picture(path, "--image")  # (H, W, C) in [0, 1]
     if pixels.shape[:2] != (h, w):
-        raise UserError(f"--image '{path}' is {pixels.shape[1]}x{pixels.shape[0]}; the model makes {w}x{h} images")
+        raise InputError(f"--image '{path}' is {pixels.shape[1]}x{pixels.shape[0]}; the model makes {w}x{h} images")
     if pixels.shape[2] != c:
         pixels = pixels.mean(-1, keepdim=True) if c == 1 else pixels[..., :1].expand(h, w, c)
     if kind == "binary_image":
@@ -103,5 +103,5 @@ def _load_mask(mask: str, size: tuple[int, int]) -> torch.Tensor:
         raise UserError(f"--mask must be 'top,left,height,width' or a mask image; '{mask}' is neither")
     pixels = _read_picture(path, "--mask")
     if pixels.shape[:2] != (h, w):
-        raise UserError(f"--mask image is {pixels.shape[1]}x{pixels.shape[0]}; it must be {w}x{h} like the model's images")
+        raise InputError(f"--mask image is {pixels.shape[1]}x{pixels.shape[0]}; it must be {w}x{h} like the model's images")
     return pixels.mean(-1) > 0.5
