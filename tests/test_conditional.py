@@ -116,7 +116,7 @@ def test_an_image_folder_with_class_subfolders_trains_a_conditional_model(call, 
     unlabelled = tmp_path / "flat.safetensors"
     save_file({"data": torch.zeros(4, 8, 8, 1)}, str(unlabelled))
     assert_one_line_error(call("train", "--preset", "default-cond", *IMAGE, "--data", unlabelled, "--max-steps", 1,
-                                  cwd=tmp_path), "labels")
+                                  cwd=tmp_path), "labels", code=3)
 
 
 def test_class_rows_wrap_and_label_the_unconditional_row(call, cond, tmp_path):

@@ -180,7 +180,7 @@ def test_bad_sample_input(runs, tmp_path, call):
     assert_one_line_error(call("sample", "--checkpoint", txt, "--prompt", "a" * 65, "-o", tmp_path / "x.safetensors"),
                           "has 65 characters but the model's sequences have 64")
     assert_one_line_error(call("sample", "--checkpoint", img, "--image", img, "--mask", "0,0,2,2",
-                                  "-o", tmp_path / "x.safetensors"), "is a bfn checkpoint, not samples")
+                                  "-o", tmp_path / "x.safetensors"), "is a bfn checkpoint, not samples", code=3)
     known = tmp_path / "known.safetensors"
     assert call("sample", "--checkpoint", img, "--shape", "1,8,8,1", "--steps", 2, "-o", known).returncode == 0
     assert_one_line_error(call("sample", "--checkpoint", img, "--image", known, "--mask", "0,0,9,9",
@@ -193,10 +193,10 @@ def test_bad_sample_input(runs, tmp_path, call):
 
 
 def test_bad_render_input(runs, tmp_path, call):
-    assert_one_line_error(call("render", stdin=""), "standard input is empty")
-    assert_one_line_error(call("render", stdin="just some text"), "not a safetensors samples file")
-    assert_one_line_error(call("render", ckpt(runs, "img")), "is a bfn checkpoint, not samples")
-    assert_one_line_error(call("render", tmp_path / "nope.safetensors"), "does not exist")
+    assert_one_line_error(call("render", stdin=""), "standard input is empty", code=3)
+    assert_one_line_error(call("render", stdin="just some text"), "not a safetensors samples file", code=3)
+    assert_one_line_error(call("render", ckpt(runs, "img")), "is a bfn checkpoint, not samples", code=3)
+    assert_one_line_error(call("render", tmp_path / "nope.safetensors"), "does not exist", code=3)
     samples = call("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "2,8,8,1", "--steps", 2,
                       "-o", tmp_path / "s.safetensors")
     assert samples.returncode == 0, samples.stderr
@@ -225,9 +225,9 @@ def test_a_failed_picture_write_leaves_nothing(tmp_path, monkeypatch):
 def test_bad_eval_input(runs, tmp_path, call):
     img = ckpt(runs, "img")
     assert_one_line_error(call("eval", "--checkpoint", img, "--steps", -1), "--steps must be >= 0")
-    assert_one_line_error(call("eval", "--checkpoint", tmp_path / "missing.safetensors"), "does not exist")
+    assert_one_line_error(call("eval", "--checkpoint", tmp_path / "missing.safetensors"), "does not exist", code=3)
     assert_one_line_error(call("eval", "--checkpoint", CONFORMANCE / "mnist" / "official_ema.pt"),
-                          "convert official .pt files first")
+                          "convert official .pt files first", code=3)
     wrong = tmp_path / "wrong.safetensors"
     save_file({"data": torch.zeros(4, 5, 5, 1)}, str(wrong))
     assert_one_line_error(call("eval", "--checkpoint", img, "--data", wrong), "shape (5, 5, 1)", "(8, 8, 1)")
@@ -236,29 +236,29 @@ def test_bad_eval_input(runs, tmp_path, call):
     assert_one_line_error(call("eval", "--checkpoint", img, "--data", text), "shape (64,)")
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(img.read_bytes()[:1000])
-    assert_one_line_error(call("eval", "--checkpoint", truncated), "truncated")
-    assert_one_line_error(call("eval", "--runs-dir", tmp_path / "empty"), "no checkpoint found")
+    assert_one_line_error(call("eval", "--checkpoint", truncated), "truncated", code=3)
+    assert_one_line_error(call("eval", "--runs-dir", tmp_path / "empty"), "no checkpoint found", code=3)
 
 
 def test_bad_convert_input(runs, tmp_path, call):
     pickled = tmp_path / "model.pt"
     torch.save(torch.nn.Linear(2, 2), pickled)  # a whole pickled module, not a state dict
     assert_one_line_error(call("convert", pickled, "--preset", "mnist", "-o", tmp_path / "a.safetensors"),
-                          "not a plain state dict")
+                          "not a plain state dict", code=3)
     import pickle
 
     pickle.dump({"a": 1}, open(tmp_path / "plain.pt", "wb"))  # an old-style pickle: torch adds a warning
     assert_one_line_error(call("convert", tmp_path / "plain.pt", "--preset", "mnist", "-o",
-                                  tmp_path / "a.safetensors"), "not a plain state dict")
+                                  tmp_path / "a.safetensors"), "not a plain state dict", code=3)
     official = (CONFORMANCE / "mnist" / "official_ema.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(official[: len(official) // 2])
     assert_one_line_error(call("convert", tmp_path / "cut.pt", "--preset", "mnist", "-o", tmp_path / "b.safetensors"),
-                          "truncated or corrupted")
+                          "truncated or corrupted", code=3)
     assert_one_line_error(call("convert", CONFORMANCE / "mnist" / "official_ema.pt", "--preset", "text8",
-                                  "-o", tmp_path / "c.safetensors"), "does not fit its config", "missing")
+                                  "-o", tmp_path / "c.safetensors"), "does not fit its config", "missing", code=3)
     assert_one_line_error(call("convert", CONFORMANCE / "text8" / "official_ema.pt", "-o", tmp_path / "d.safetensors"),
                           "fit none of the paper presets", "text8:")
-    assert_one_line_error(call("convert", tmp_path / "nope.pt", "--preset", "mnist"), "does not exist")
+    assert_one_line_error(call("convert", tmp_path / "nope.pt", "--preset", "mnist"), "does not exist", code=3)
     assert not list(tmp_path.glob("*.safetensors")) and not list(tmp_path.glob(".*partial*"))
 
 
@@ -274,4 +274,4 @@ def test_render_takes_any_channel_count_and_refuses_incomplete_trajectories(tmp_
     broken = tmp_path / "broken.safetensors"
     save_file({"samples": torch.zeros(1, 8, 8, 1), "flow_input": torch.zeros(2, 1, 8, 8, 1)}, str(broken),
               metadata=meta)
-    assert_one_line_error(call("render", broken), "incomplete trajectory", "--trajectory")
+    assert_one_line_error(call("render", broken), "incomplete trajectory", "--trajectory", code=3)

@@ -102,7 +102,7 @@ def test_flipped_bytes_in_the_weights_are_caught(call, checkpoint):
     header = struct.unpack("<Q", data[:8])[0]
     data[8 + header + (len(data) - 8 - header) // 2] ^= 0x40
     checkpoint.write_bytes(bytes(data))
-    assert_one_line_error(call("eval", "--checkpoint", checkpoint, "--repeats", 1), "is damaged", "checksum")
+    assert_one_line_error(call("eval", "--checkpoint", checkpoint, "--repeats", 1), "is damaged", "checksum", code=3)
 
 
 def test_integer_weights_and_non_finite_weights_are_refused(call, checkpoint):
@@ -110,18 +110,18 @@ def test_integer_weights_and_non_finite_weights_are_refused(call, checkpoint):
     name = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
     as_ints = dict(tensors, **{name: tensors[name].long()})
     _rewrite(checkpoint, as_ints, **{CHECKSUM: tensors_checksum(as_ints)})
-    assert_one_line_error(call("eval", "--checkpoint", checkpoint, "--repeats", 1), name, "int64", "floating-point")
+    assert_one_line_error(call("eval", "--checkpoint", checkpoint, "--repeats", 1), name, "int64", "floating-point", code=3)
     nan = dict(tensors, **{name: tensors[name].clone().fill_(float("nan"))})
     _rewrite(checkpoint, nan, **{CHECKSUM: tensors_checksum(nan)})
     assert_one_line_error(call("sample", "--checkpoint", checkpoint, "-o", checkpoint.with_name("s.safetensors")),
-                          "non-finite values")
+                          "non-finite values", code=3)
 
 
 @pytest.mark.parametrize("meta,needle", [({"config": "[]"}, "corrupted config"), ({"step": "abc"}, "training step"),
                                          ({"config": "{not json"}, "corrupted config")])
 def test_damaged_metadata_is_a_one_line_error(call, checkpoint, meta, needle):
     _rewrite(checkpoint, **meta)
-    assert_one_line_error(call("eval", "--checkpoint", checkpoint, "--repeats", 1), needle)
+    assert_one_line_error(call("eval", "--checkpoint", checkpoint, "--repeats", 1), needle, code=3)
 
 
 def test_checkpoints_from_before_checksums_still_load(call, checkpoint):
@@ -136,7 +136,7 @@ def test_a_runs_release_file_is_checked_against_its_manifest(call, runs, tmp_pat
     shutil.copytree(runs / "img" / "img", run)
     release = next(run.glob("checkpoints/step-*/model.safetensors"))
     _rewrite(release, description="changed after the manifest was written")
-    assert_one_line_error(call("eval", "--checkpoint", release, "--repeats", 1), "is damaged", "checksum")
+    assert_one_line_error(call("eval", "--checkpoint", release, "--repeats", 1), "is damaged", "checksum", code=3)
 
 
 @pytest.mark.parametrize("content,needle", [(b"", "is empty"), (b"hello, not a checkpoint\n", "not a PyTorch checkpoint")])
@@ -209,8 +209,8 @@ def test_data_files_that_are_not_real_numbers(call, tmp_path):
 
     np.save(tmp_path / "words.npy", np.array([["a", "b"], ["c", "d"]]))
     np.save(tmp_path / "complex.npy", np.zeros((3, 8, 8, 1), dtype=np.complex64))
-    assert_one_line_error(call("train", "--data", tmp_path / "words.npy", "--max-steps", 1), "<U1", "not real numbers")
-    assert_one_line_error(call("train", "--data", tmp_path / "complex.npy", "--max-steps", 1), "complex64")
+    assert_one_line_error(call("train", "--data", tmp_path / "words.npy", "--max-steps", 1), "<U1", "not real numbers", code=3)
+    assert_one_line_error(call("train", "--data", tmp_path / "complex.npy", "--max-steps", 1), "complex64", code=3)
 
 
 # ------------------------------------------------------------------------------------ eval
@@ -250,7 +250,7 @@ def test_a_damaged_run_config_is_a_one_line_error_on_resume(call, tmp_path, cont
     assert _train(call, tmp_path, "--run-name", "r", "--max-steps", 2).returncode == 0
     (tmp_path / "runs" / "r" / "config.yaml").write_text(content)
     result = _train(call, tmp_path, "--run-name", "r", "--resume", "auto", "--max-steps", 3)
-    assert_one_line_error(result, "config.yaml", needle, "delete it")
+    assert_one_line_error(result, "config.yaml", needle, "delete it", code=3)
 
 
 def test_damaged_metrics_lines_are_skipped_on_resume_and_in_render(call, tmp_path):
@@ -310,12 +310,12 @@ def test_resume_auto_with_only_damaged_checkpoints_starts_nothing_over(call, tmp
         (step / "state.safetensors").write_bytes(b"damaged")
     metrics = (run / "metrics.jsonl").read_text()
     result = _train(call, tmp_path, "--run-name", "r", "--resume", "auto", "--max-steps", 6)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 3 and "Traceback" not in result.stderr
     assert "has no intact checkpoint to resume from" in result.stderr.strip().splitlines()[-1]
     assert (run / "metrics.jsonl").read_text() == metrics  # the run's history is untouched
     copied = tmp_path / "step-00000004"
     shutil.copytree(run / "checkpoints" / "step-00000004", copied)
-    assert_one_line_error(_train(call, tmp_path, "--resume", copied), "not a checkpoint of a run")
+    assert_one_line_error(_train(call, tmp_path, "--resume", copied), "not a checkpoint of a run", code=3)
 
 
 def test_a_full_disk_while_logging_is_one_line(call, tmp_path):
@@ -325,8 +325,8 @@ def test_a_full_disk_while_logging_is_one_line(call, tmp_path):
     metrics.symlink_to("/dev/full")
     result = _train(call, tmp_path, "--run-name", "r", "--resume", "auto", "--max-steps", 4)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()  # "resuming r from step 2", then the error
-    assert len(lines) == 2 and "cannot append" in lines[1] and "No space left on device" in lines[1], lines
+    lines = result.stderr.strip().splitlines()  # "resuming r from step 2", "run folder: runs/r", then the error
+    assert len(lines) == 3 and "cannot append" in lines[2] and "No space left on device" in lines[2], lines
     assert next((tmp_path / "runs" / "r" / "checkpoints").glob("step-00000002"))  # the last checkpoint is intact
 
 

@@ -199,7 +199,7 @@ def test_trained_checkpoint_evaluates_and_samples_without_flags(reference):
 
 def test_bad_training_input(reference, call):
     work = reference
-    assert_one_line_error(train(work, "x", "--resume", str(work / "nope"), runner=call), "--resume", "no such checkpoint")
+    assert_one_line_error(train(work, "x", "--resume", str(work / "nope"), runner=call), "--resume", "no such checkpoint", code=3)
     assert_one_line_error(train(work, "ref", runner=call), "already exists", "--resume auto")
     changed = train(work, "ref", "--resume", "auto", "--set", "optim.lr=0.5", steps=12, runner=call)
     assert_one_line_error(changed, "cannot resume with a config that changes the run", "optim.lr: 0.001 -> 0.5")
