@@ -480,7 +480,8 @@ def _run(argv: Optional[list[str]]) -> None:
     _flags_take_no_value(command)
     set_verbosity(NORMAL)  # until -q or -v says otherwise
     args = sys.argv[1:] if argv is None else argv
-    where = "bfn" + (f" {args[0]}" if args and args[0] in getattr(command, "commands", {}) else "")
+    name = next((arg for arg in args if not arg.startswith("-")), None)  # bfn's own options (-q, -v) take no value
+    where = "bfn" + (f" {name}" if name in getattr(command, "commands", {}) else "")
     code = 1
     start = time.perf_counter()
     try:
