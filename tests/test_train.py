@@ -132,6 +132,10 @@ def test_a_signal_checkpoints_the_current_step_and_exits(work, sig, code):
     last_logged = json.loads((work / "runs" / "stop" / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     assert saved and saved[-1].name == f"step-{last_logged:08d}"
     assert (saved[-1] / "manifest.json").exists()
+    assert stderr.startswith(f"run folder: {work / 'runs' / 'stop'}\n")  # where the run goes, then where it stopped
+    said = stderr.strip().splitlines()[-1]
+    assert said.startswith(f"stopped at step {last_logged}; checkpoint in {saved[-1]}; resume with: bfn train ")
+    assert said.endswith(f"--max-steps 100000 --resume auto --run-name stop --runs-dir {work / 'runs'}")
 
 
 def test_a_second_signal_exits_at_once_and_the_last_checkpoint_survives(work):
