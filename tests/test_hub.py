@@ -223,7 +223,7 @@ def test_a_pickle_that_needs_code_is_refused_and_never_run(tmp_path):
     hub_file, download = _downloaded(tmp_path, "text8_ema.pt", evil.read_bytes())
     with pytest.raises(UserError, match="needs arbitrary code to load") as err:
         converted(hub_file, download)
-    assert err.value.exit_code == 2 and "\n" not in str(err.value)
+    assert err.value.exit_code == 3 and "\n" not in str(err.value)
     assert not marker.exists()
     assert sorted(p.name for p in download.parent.iterdir()) == ["text8_ema.pt"]
 
