@@ -5,6 +5,7 @@ import signal
 import sys
 
 from bfncli.errors import Interrupted, raise_interrupted
+from bfncli.log import logger
 
 
 def run() -> None:
@@ -12,7 +13,7 @@ def run() -> None:
     try:
         from bfncli.cli import main
     except Interrupted:
-        sys.stderr.write("bfn: interrupted\n")
+        logger.error("bfn: interrupted")
         sys.exit(130)
     main()
 

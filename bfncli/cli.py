@@ -19,7 +19,7 @@ import typer
 from bfncli import completion
 from bfncli.errors import InputError, Interrupted, UserError, raise_interrupted
 from bfncli.hub import HUB_SPEC_HELP, is_hub_spec
-from bfncli.log import NORMAL, QUIET, VERBOSE, logger, set_verbosity
+from bfncli.log import NORMAL, QUIET, VERBOSE, logger, resolved_config, set_verbosity
 from bfncli.specs import local_checkpoint
 
 HELP_OPTIONS = ["-h", "--help"]
@@ -178,7 +178,7 @@ def train(
             "train.seed": seed,
         }),
     )
-    logger.debug("resolved config:\n" + cfg.to_yaml().rstrip())
+    resolved_config(cfg)
     if dry_run:
         sys.stdout.write(cfg.to_yaml())
         return

@@ -90,6 +90,12 @@ def set_verbosity(level: int) -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def resolved_config(cfg) -> None:
+    """-v: the configuration a command runs with, as YAML (a BFNConfig; only built when asked for)."""
+    if verbose():
+        logger.debug("resolved config:\n" + cfg.to_yaml().rstrip())
+
+
 def quiet() -> bool:
     return not logger.isEnabledFor(logging.INFO)
 

@@ -54,6 +54,7 @@ def test_a_command_says_what_it_did_unless_quiet(call, runs, tmp_path):
     assert quiet.returncode == 0 and quiet.stderr == "" and (tmp_path / "b.safetensors").exists()
     verbose = call(*args, "-v", "-o", tmp_path / "c.safetensors")
     assert "debug: device cpu, 1 process(es)" in verbose.stderr and "torch " in verbose.stderr
+    assert "debug: resolved config:\n" in verbose.stderr and "sampler: auto" in verbose.stderr
 
 
 def test_only_the_main_process_speaks(call, monkeypatch, capsys):

@@ -26,7 +26,7 @@ from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
 from bfncli.errors import Interrupted, UserError
 from bfncli.jobs.runtime import Runtime, require_memory, resolve_checkpoint, setup
-from bfncli.log import bar_disabled, logger
+from bfncli.log import bar_disabled, logger, resolved_config
 
 
 def run_eval(
@@ -42,6 +42,7 @@ def run_eval(
     path = resolve_checkpoint(checkpoint, runs_dir, announce=runtime.is_main)
     model, info = load_model(path, "cpu")
     cfg = resolve_config(base=info.config.to_dict(), sets=sets, flags=overrides)
+    resolved_config(cfg)
     model.to(runtime.device)
     classes = _classes_mode(cfg, unconditional)
     examples = _eval_examples(cfg, model, labels=classes == "labels")

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from bfncli.errors import UserError
 from bfncli.jobs.runtime import resolve_checkpoint, setup
+from bfncli.log import resolved_config
 
 DATA_KIND = {"binary_image": "binary", "discretized_image": "discretized", "continuous_image": "discretized",
              "text": "text"}
@@ -59,6 +60,7 @@ def run_quality(samples_path: Path, checkpoint: Optional[Path], runs_dir: Path, 
     path = resolve_checkpoint(checkpoint, runs_dir, announce=announce)
     info = read_info(path)
     cfg = resolve_config(base=info.config.to_dict(), sets=sets, flags=overrides)
+    resolved_config(cfg)
     kind = _check_fit(samples, meta, cfg, samples_path, path)  # before the devices and processes are set up
     runtime = setup(deterministic)
     if kind == "text":

@@ -26,7 +26,7 @@ from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
 from bfncli.errors import UserError
 from bfncli.jobs.runtime import require_memory, resolve_checkpoint, setup
-from bfncli.log import bar_disabled, logger
+from bfncli.log import bar_disabled, logger, resolved_config
 from bfncli.samples_file import SAMPLES_FORMAT, samples_kind
 
 
@@ -103,6 +103,7 @@ def run_sample(
               "guidance": guidance}
     cfg = resolve_config(base=info.config.to_dict(), sets=sets or [],
                          flags={"sample": {k: v for k, v in chosen.items() if v is not None}})
+    resolved_config(cfg)
     model.to(runtime.device)
     kind = samples_kind(model)
     s = cfg.sample
