@@ -97,16 +97,16 @@ def test_bad_input_out_of_range():
 
 
 def test_bad_input_yaml_files(tmp_path):
-    assert_one_line_error(bfn("train", "--config", str(tmp_path / "nope.yaml"), "--dry-run"), "does not exist")
+    assert_one_line_error(bfn("train", "--config", str(tmp_path / "nope.yaml"), "--dry-run"), "does not exist", code=3)
     not_mapping = tmp_path / "list.yaml"
     not_mapping.write_text("- a\n- b\n")
-    assert_one_line_error(bfn("train", "--config", str(not_mapping), "--dry-run"), "must be a YAML mapping")
+    assert_one_line_error(bfn("train", "--config", str(not_mapping), "--dry-run"), "must be a YAML mapping", code=3)
     broken = tmp_path / "broken.yaml"
     broken.write_text("train: {seed: 1\n")
-    assert_one_line_error(bfn("train", "--config", str(broken), "--dry-run"), "not valid YAML")
+    assert_one_line_error(bfn("train", "--config", str(broken), "--dry-run"), "not valid YAML", code=3)
     unreadable = tmp_path / "dir.yaml"
     unreadable.mkdir()
-    assert_one_line_error(bfn("train", "--config", str(unreadable), "--dry-run"), "cannot read config file")
+    assert_one_line_error(bfn("train", "--config", str(unreadable), "--dry-run"), "cannot read config file", code=3)
 
 
 def test_bad_input_env_variable():
@@ -132,7 +132,7 @@ def test_process_group_is_shut_down_when_a_command_ends(tmp_path, argv):
 
 def test_missing_data_path_and_home_in_data_dir(tmp_path):
     assert_one_line_error(run_bfn("train", "--data", tmp_path / "nope", "--dry-run"), "does not exist",
-                          "an image folder, a text file")
+                          "an image folder, a text file", code=3)
     result = run_bfn("train", "--preset", "mnist", "--dry-run", env={"BFN_DATA__DATA_DIR": "~/datasets"})
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["data"]["data_dir"] == str(Path.home() / "datasets")
