@@ -73,7 +73,7 @@ def test_yaml_booleans_stay_words_and_duplicate_keys_are_refused(call, tmp_path)
         assert "mixed_precision: 'no'" in result.stdout or "mixed_precision: no" in result.stdout
     dup = tmp_path / "dup.yaml"
     dup.write_text("train:\n  batch_size: 16\noptim:\n  lr: 0.001\ntrain:\n  steps: 5\n")
-    assert_one_line_error(call("train", "--config", dup, "--dry-run"), "key 'train' appears twice", "line 5")
+    assert_one_line_error(call("train", "--config", dup, "--dry-run"), "key 'train' appears twice", "line 5", code=3)
 
 
 def test_yaml_numbers_are_read_as_yaml_1_2():
@@ -143,7 +143,7 @@ def test_a_runs_release_file_is_checked_against_its_manifest(call, runs, tmp_pat
 def test_convert_of_an_empty_or_text_pt_file(call, tmp_path, content, needle):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
-    assert_one_line_error(call("convert", bad, "--preset", "mnist", "-o", tmp_path / "out.safetensors"), needle)
+    assert_one_line_error(call("convert", bad, "--preset", "mnist", "-o", tmp_path / "out.safetensors"), needle, code=3)
     assert not (tmp_path / "out.safetensors").exists()
 
 
