@@ -148,7 +148,7 @@ def read_info(path: Path) -> CheckpointInfo:
         raise InputError(f"'{path}' has a corrupted config in its metadata; use another copy of the checkpoint") from None
     if not isinstance(data, dict):
         raise InputError(f"'{path}' has a corrupted config in its metadata (a JSON {type(data).__name__}, not an "
-                        "object); use another copy of the checkpoint")
+                         "object); use another copy of the checkpoint")
     try:
         cfg = validate_config(data, {})
     except UserError as err:
@@ -156,7 +156,7 @@ def read_info(path: Path) -> CheckpointInfo:
     step = meta.get("step", "0") or "0"
     if not step.isdigit():
         raise InputError(f"'{path}' has a corrupted training step in its metadata ({step[:20]!r}); use another copy "
-                        "of the checkpoint")
+                         "of the checkpoint")
     return CheckpointInfo(Path(path), cfg, meta.get("weights", "?"), int(step), meta)
 
 
@@ -175,7 +175,7 @@ def load_tensors(path: Path, device: str = "cpu") -> dict[str, Tensor]:
     # Files written before checksums existed have none: they load as they always did.
     if expected is not None and tensors_checksum(tensors) != expected:
         raise InputError(f"'{path}' is damaged: its tensors do not match the checksum stored in it (changed bytes "
-                        "on disk or in transfer); use another copy")
+                         "on disk or in transfer); use another copy")
     return tensors
 
 
@@ -211,8 +211,8 @@ def check_dtypes(expected: dict[str, Tensor], got: dict[str, Tensor], what: str)
         fits = torch.is_floating_point(got[name]) if want.is_floating_point() else have == want.dtype
         if not fits:
             raise InputError(f"{what} holds '{name}' as {str(have).removeprefix('torch.')}, but the network needs "
-                            f"{'floating-point numbers' if want.is_floating_point() else want.dtype}; it is not a "
-                            "valid checkpoint")
+                             f"{'floating-point numbers' if want.is_floating_point() else want.dtype}; it is not a "
+                             "valid checkpoint")
 
 
 def load_model(path: Path, device: str = "cpu", cfg: Optional[BFNConfig] = None):

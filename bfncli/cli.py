@@ -207,7 +207,7 @@ def _dataset_for(path: Optional[Path]) -> Optional[str]:
         return None
     if not path.exists():
         raise InputError(f"--data '{path}' does not exist; give an image folder, a text file or a "
-                        ".safetensors/.npy tensor file")
+                         ".safetensors/.npy tensor file")
     if path.is_dir():
         return "images"
     if path.suffix.lower() in (".safetensors", ".npy"):

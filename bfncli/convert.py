@@ -75,7 +75,7 @@ def _section(model: dict, key: str, table: dict[str, str], what: str) -> tuple[O
     name = spec["class_name"]
     if name not in table:
         raise InputError(f"official config: model.{key}.class_name '{name}' is not a supported {what} "
-                        f"(supported: {', '.join(table)})")
+                         f"(supported: {', '.join(table)})")
     params = {**OFFICIAL_DEFAULTS.get(name, {}), **dict(spec.get("parameters") or {})}
     for option, inactive in INACTIVE.items():
         if option in params:
@@ -178,7 +178,7 @@ def read_official(path: Path) -> dict[str, Tensor]:
         raise InputError(f"'{path}' is empty; it is not a PyTorch checkpoint (was the download cut short?)")
     if head != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save writes a zip archive, or a pickle before 1.6
         raise InputError(f"'{path}' is not a PyTorch checkpoint (neither a zip archive nor a pickle); "
-                        "give the official .pt file")
+                         "give the official .pt file")
     try:
         # mmap: tensors are read when copied, under save_checkpoint's progress bar. torch warns about
         # what it refused to unpickle; the error below says it in one line.
@@ -187,11 +187,11 @@ def read_official(path: Path) -> dict[str, Tensor]:
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError:
         raise InputError(f"'{path}' is not a plain state dict of tensors (it needs arbitrary code to load); "
-                        "bfn only reads weights_only checkpoints") from None
+                         "bfn only reads weights_only checkpoints") from None
     except Exception as err:  # a damaged or foreign file can fail the unpickler in any way (KeyError, EOFError...)
         reason = (str(err).strip().splitlines() or [""])[0][:120]
         raise InputError(f"cannot read '{path}' as a PyTorch checkpoint ({type(err).__name__}: {reason}); "
-                        "is it truncated or corrupted?") from None
+                         "is it truncated or corrupted?") from None
     if not isinstance(obj, dict) or not obj:
         raise InputError(f"'{path}' holds a {type(obj).__name__}, not a state dict of tensors")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from bfncli.errors import InputError, UserError
+from bfncli.errors import InputError
 
 SAMPLES_FORMAT = "bfn-samples"
 TEXT_CLASSES = 27  # text8's alphabet: space and a..z

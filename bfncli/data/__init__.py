@@ -170,5 +170,5 @@ def _split_90_5_5(codes: torch.Tensor, split: Split) -> torch.Tensor:
 def _text(codes: torch.Tensor, cfg, split: Split):
     if codes.numel() <= cfg.seq_len:
         raise InputError(f"the {split} split of the text has {codes.numel()} characters, fewer than one sequence "
-                        f"of data.seq_len={cfg.seq_len}; use more text or a shorter data.seq_len")
+                         f"of data.seq_len={cfg.seq_len}; use more text or a shorter data.seq_len")
     return TextWindows(codes, cfg.seq_len)

@@ -75,7 +75,7 @@ def ensure(remote: RemoteFile, directory: Path, download: bool, mirrors: list[st
     remote = remote.with_mirrors(mirrors)
     if not download:
         raise InputError(f"'{target}' is missing and downloads are off (data.download=false); download it from "
-                        f"{remote.urls[0]} and put it in {directory}")
+                         f"{remote.urls[0]} and put it in {directory}")
     try:
         Path(directory).mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -65,7 +65,7 @@ def read_idx_images(path: Path) -> Tensor:
     n, h, w = struct.unpack(">III", data[4:16])
     if len(data) != 16 + n * h * w:
         raise InputError(f"'{path}' is truncated ({len(data) - 16} of {n * h * w} pixel bytes); delete it to download "
-                        "it again")
+                         "it again")
     return torch.frombuffer(bytearray(data[16:]), dtype=torch.uint8).reshape(n, h, w)
 
 
@@ -90,7 +90,7 @@ def mnist_labels(root: Path, part: str, download: bool, mirrors: list[str], coun
     labels = read_idx_labels(path)
     if labels.numel() != count:
         raise InputError(f"'{path}' has {labels.numel()} labels but {MNIST[part].name} has {count} images; "
-                        "delete the one that does not belong to download it again")
+                         "delete the one that does not belong to download it again")
     if labels.numel() and labels.max() > 9:
         raise InputError(f"'{path}' has labels above 9: not MNIST's label file; delete it to download it again")
     return labels.long()
@@ -114,7 +114,7 @@ def read_cifar10_binary(archive: Path) -> dict[str, tuple[Tensor, Tensor]]:
                     found[base] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as err:
         raise InputError(f"'{archive}' is not a readable CIFAR-10 binary archive ({err}); delete it to download it "
-                        "again") from None
+                         "again") from None
     out = {}
     for part, files in names.items():
         missing = [f for f in files if f not in found]

@@ -64,7 +64,7 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
         path = path.resolve()
         if path.parent.name != "checkpoints":
             raise InputError(f"--resume {resume}: not a checkpoint of a run (runs/NAME/checkpoints/step-...); give "
-                            "one inside its run folder, or the run's checkpoints folder")
+                             "one inside its run folder, or the run's checkpoints folder")
         claim(path.parent.parent)
         problem = verify(path)
         if problem is not None:
@@ -85,8 +85,8 @@ def choose_run_dir(runs_dir: Path, run_name: Optional[str], preset: Optional[str
         report_skipped(skipped, announce)
         if best is None and not never_got_anywhere(run_dir):
             raise InputError(f"run '{run_dir.name}' has no intact checkpoint to resume from (the damaged ones are named "
-                            f"above); resume from one of your own with --resume DIR, or start a new run under another "
-                            "--run-name")
+                             f"above); resume from one of your own with --resume DIR, or start a new run under another "
+                             "--run-name")
         if best is None:
             started_from = _initial_weights_of(run_dir)
             if started_from:  # starting afresh would start from random weights instead
@@ -169,7 +169,7 @@ def check_resumed_config(run_dir: Path, checkpoint_config: dict, new_config: dic
         old = validate_config(old).to_dict()
     except UserError as err:
         raise InputError(f"the run's config '{path}' no longer validates ({err}); delete it to resume with the config "
-                        "stored in the checkpoint") from None
+                         "stored in the checkpoint") from None
     changes = config_changes(old, new_config)
     if changes:
         raise UserError("cannot resume with a config that changes the run: " + "; ".join(changes[:6])
@@ -189,7 +189,7 @@ def read_run_config(path: Path) -> dict:
         raise InputError(f"cannot read the run's config '{path}' ({getattr(err, 'strerror', None) or err}); {hint}") from None
     except yaml.YAMLError as err:
         raise InputError(f"the run's config '{path}' is damaged (not valid YAML{yaml_loader.describe_error(err)}); "
-                        f"{hint}") from None
+                         f"{hint}") from None
     if not isinstance(data, dict) or not data:
         what = "empty" if not data else f"a {type(data).__name__}, not a mapping of sections"
         raise InputError(f"the run's config '{path}' is damaged ({what}); {hint}")
