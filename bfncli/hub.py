@@ -41,7 +41,7 @@ from typing import Optional
 from urllib.parse import quote
 
 from bfncli.errors import UserError
-from bfncli.log import logger
+from bfncli.log import logger, quiet
 
 OFFICIAL_REPO = "rupspace/pretrained-BFNs"
 OFFICIAL_FILES = {  # official:NAME -> the released file; NAME is bfn's preset for the same experiment
@@ -368,17 +368,27 @@ def _check_the_server_has_an_address(hub_file: HubFile) -> None:
 
 class _quiet_retries:
     """The client notes every retry on stderr ("Retrying in 2s [Retry 2/5]"); bfn says what happened
-    in one line when it gives up, so those notes are silenced while it downloads."""
+    in one line when it gives up, so those notes are silenced while it downloads. Under bfn -q its
+    download bars are off too."""
 
     def __enter__(self):
         import logging
 
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+
         self.logger = logging.getLogger("huggingface_hub")
         self.level = self.logger.level
         self.logger.setLevel(logging.ERROR)
+        self.bars_off = quiet() and not are_progress_bars_disabled()
+        if self.bars_off:
+            disable_progress_bars()
 
     def __exit__(self, *exc):
+        from huggingface_hub.utils import enable_progress_bars
+
         self.logger.setLevel(self.level)
+        if self.bars_off:
+            enable_progress_bars()
         return False
 
 

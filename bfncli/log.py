@@ -84,10 +84,8 @@ _install()
 
 
 def set_verbosity(level: int) -> None:
-    """QUIET, NORMAL or VERBOSE. Quiet also silences the Hub client's download bars."""
+    """QUIET, NORMAL or VERBOSE."""
     logger.setLevel(level)
-    if level >= QUIET:
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def resolved_config(cfg) -> None:
