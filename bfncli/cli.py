@@ -256,7 +256,8 @@ def eval_(
         "checkpoint that drew them (or --checkpoint)."
     ),
     class_: Optional[str] = typer.Option(
-        None, "--class", metavar="none", help="Class-conditional models: 'none' gives the unconditional likelihood "
+        None, "--class", metavar="none", autocompletion=completion.no_class,
+        help="Class-conditional models: 'none' gives the unconditional likelihood "
         "(default: conditional on each example's class)."
     ),
     quiet: bool = QuietOpt,

@@ -64,6 +64,11 @@ def classes(ctx: typer.Context, incomplete: str) -> list[str]:
     return [prefix + name for name in names if name.startswith(word)]
 
 
+def no_class(incomplete: str) -> list[str]:
+    """bfn eval --class: only 'none' (the unconditional likelihood)."""
+    return ["none"] if "none".startswith(incomplete) else []
+
+
 def _class_names(spec: Optional[str]) -> list[str]:
     """data.class_names from a local checkpoint's safetensors header, without reading its tensors."""
     if not spec or ":" in spec:

@@ -78,6 +78,7 @@ def test_class_names_come_from_the_checkpoint_header(tmp_path):
     assert complete("sample", "--checkpoint", "cond.safetensors", "--class", "n", cwd=tmp_path) == ["none"]
     (tmp_path / "junk.safetensors").write_bytes(b"not a header")
     assert complete("sample", "--checkpoint", "junk.safetensors", "--class", "", cwd=tmp_path) == ["none"]
+    assert complete("eval", "--checkpoint", "cond.safetensors", "--class", "", cwd=tmp_path) == ["none"]
 
 
 def test_checkpoints_and_runs(tmp_path):
