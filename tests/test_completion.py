@@ -22,13 +22,23 @@ def complete(*words, cwd=None):
     return result.stdout.split()
 
 
+def in_bash(*args, env=None, cwd=None):
+    """``bfn ARGS`` run from bash, as a user does: Typer finds the shell from the process tree."""
+    script = '"$0" -m bfncli "$@"; status=$?; exit $status'  # not the last command: bash does not exec it away
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BFN_")}
+    full_env.update(env or {})
+    return subprocess.run(["bash", "--norc", "-c", script, sys.executable, *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=120)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_the_completion_script_is_shown_and_installed(tmp_path):
-    shown = run_bfn("--show-completion", "bash")
+    shown = in_bash("--show-completion")
     assert shown.returncode == 0, shown.stderr
     assert "_BFN_COMPLETE=complete_bash" in shown.stdout and "complete -o default -F _bfn_completion bfn" in shown.stdout
     home = tmp_path / "home"
     home.mkdir()
-    installed = run_bfn("--install-completion", "bash", env={"HOME": str(home)})
+    installed = in_bash("--install-completion", env={"HOME": str(home)})
     assert installed.returncode == 0, installed.stderr
     script = home / ".bash_completions" / "bfn.sh"
     assert script.read_text().strip() == shown.stdout.strip()
@@ -41,8 +51,7 @@ def test_the_installed_script_completes_in_bash(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "bfn").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m bfncli "$@"\n')
     (bin_dir / "bfn").chmod(0o755)
-    script = run_bfn("--show-completion", "bash").stdout
-    (tmp_path / "bfn.sh").write_text(script)
+    (tmp_path / "bfn.sh").write_text(in_bash("--show-completion").stdout)
     probe = ("source bfn.sh; COMP_WORDS=(bfn train --preset text8); COMP_CWORD=3; _bfn_completion bfn; "
              'printf "%s\\n" "${COMPREPLY[@]}"')
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
