@@ -483,10 +483,10 @@ def test_labels_must_fit_the_examples_before_anything_is_allocated(call, tmp_pat
     data = torch.zeros(20, 8, 8, 1)
     save_file({"data": data, "labels": torch.tensor([0, 1] * 9 + [1, 2**62])}, str(tmp_path / "huge.safetensors"))
     result = call("train", "--preset", "default-cond", "--data", tmp_path / "huge.safetensors", "--max-steps", 1)
-    assert_one_line_error(result, f"'labels' go up to {2**62} but there are only 20 examples")
+    assert_one_line_error(result, f"'labels' go up to {2**62} but there are only 20 examples", code=3)
     save_file({"data": data, "labels": torch.tensor([0, 1, 0])}, str(tmp_path / "short.safetensors"))
     result = call("train", "--preset", "default-cond", "--data", tmp_path / "short.safetensors", "--max-steps", 1)
-    assert_one_line_error(result, "'labels' has shape (3,) but there are 20 examples", "shape (20,)")
+    assert_one_line_error(result, "'labels' has shape (3,) but there are 20 examples", "shape (20,)", code=3)
     assert "{count}" not in result.stderr
 
 
@@ -558,10 +558,10 @@ def _with_classes(ids, names):
 def test_render_and_eval_agree_on_what_a_valid_samples_file_is(call, runs, drawn, tmp_path, kind, change, needle):
     bad = _tampered(drawn / f"{kind}.safetensors", tmp_path / "bad.safetensors", change)
     rendered = call("render", bad, *(["-o", tmp_path / "grid.png"] if kind == "img" else []))
-    assert_one_line_error(rendered, needle)
+    assert_one_line_error(rendered, needle, code=3)
     assert not (tmp_path / "grid.png").exists()
     scored = call("eval", "--samples", bad, "--checkpoint", ckpt(runs, kind))
-    assert_one_line_error(scored, needle)
+    assert_one_line_error(scored, needle, code=3)
     assert scored.stderr.split(": ", 1)[1] == rendered.stderr.split(": ", 1)[1]  # one validation, one message
 
 
@@ -633,7 +633,7 @@ def test_a_npy_header_that_claims_a_huge_shape_is_a_malformed_file(call, tmp_pat
     (tmp_path / "huge.npy").write_bytes(header.encode("latin1") + data[128:])
     result = call("train", "--data", tmp_path / "huge.npy", "--max-steps", 1)
     assert_one_line_error(result, "is a malformed .npy file", "(1000000000000, 8, 8, 1) values of float32",
-                          "holds 768 bytes", code=2)
+                          "holds 768 bytes", code=3)
 
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
