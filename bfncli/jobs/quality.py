@@ -32,7 +32,7 @@ from torch import Tensor
 
 from bfncli.errors import UserError
 from bfncli.jobs.runtime import resolve_checkpoint, setup
-from bfncli.log import resolved_config
+from bfncli.log import logger, resolved_config
 
 DATA_KIND = {"binary_image": "binary", "discretized_image": "discretized", "continuous_image": "discretized",
              "text": "text"}
@@ -55,7 +55,7 @@ def run_quality(samples_path: Path, checkpoint: Optional[Path], runs_dir: Path, 
             raise UserError(f"{samples_path} was drawn by the checkpoint {checkpoint}, which is not there; name the "
                             "checkpoint with --checkpoint")
         if announce:
-            sys.stderr.write(f"using checkpoint {checkpoint} (it drew {samples_path})\n")
+            logger.info(f"using checkpoint {checkpoint} (it drew {samples_path})")
         announce = False
     path = resolve_checkpoint(checkpoint, runs_dir, announce=announce)
     info = read_info(path)

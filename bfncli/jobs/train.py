@@ -120,8 +120,8 @@ def run_training(
             check_resumed_config(run_dir, info.config.to_dict(), cfg.to_dict())
             if not _steps_left(run_dir, start_path, info.step, cfg.train.steps):
                 if runtime.is_main:
-                    sys.stderr.write(f"run '{run_dir.name}' has already trained its {info.step} steps "
-                                     f"({start_path.name}); nothing to do (ask for more with --max-steps)\n")
+                    logger.info(f"run '{run_dir.name}' has already trained its {info.step} steps "
+                                f"({start_path.name}); nothing to do (ask for more with --max-steps)")
                 return start_path / RELEASE_NAME
         train_set = load_split(cfg.data, "train", labels=labelled)
         val_set = load_split(cfg.data, "val", labels=labelled) if cfg.train.val_every <= cfg.train.steps else None
