@@ -524,6 +524,8 @@ def _flags_take_no_value(command) -> None:
     """Typer's help shows a type beside every option, flags included (``--force <bool>``), as if they
     took a value: blank it for flags (--help too, created here so that it is the one shown)."""
     for cmd in [command, *getattr(command, "commands", {}).values()]:
+        if not hasattr(cmd, "params"):  # not a command of options (a stand-in in a test)
+            continue
         context = typer.Context(cmd, help_option_names=HELP_OPTIONS)
         help_option = cmd.get_help_option(context) if hasattr(cmd, "get_help_option") else None
         for param in [*cmd.params, *([help_option] if help_option is not None else [])]:
