@@ -96,14 +96,15 @@ class BFN(nn.Module):
         b = theta.shape[0]
         t_net = t.reshape(b, *([1] * len(self.data_shape))).expand(b, *self.data_shape)
         net_input = self.flow.net_input(theta)
+        network = self.__dict__.get("network_call", self.net)  # the compiled network (bfncli.compiled), if any
         if classes is None:  # networks given to BFN directly (e.g. test oracles) may not take classes
             if guidance != 1.0:
                 raise ValueError("classifier-free guidance needs classes")
-            raw = self.net(net_input, t_net)
+            raw = network(net_input, t_net)
         elif guidance == 1.0:
-            raw = self.net(net_input, t_net, classes)
+            raw = network(net_input, t_net, classes)
         else:
-            both = self.net(torch.cat([net_input, net_input]), torch.cat([t_net, t_net]),
+            both = network(torch.cat([net_input, net_input]), torch.cat([t_net, t_net]),
                             torch.cat([classes, torch.full_like(classes, self.cfg.network.num_classes)]))
             cond, uncond = both.float().chunk(2)
             raw = uncond + guidance * (cond - uncond)
@@ -141,16 +142,31 @@ class BFN(nn.Module):
     def loss(self, x: Tensor, n_steps: int = 0, generator: Optional[torch.Generator] = None,
              classes: Optional[Tensor] = None) -> Tensor:
         """The loss of a batch in nats per data dimension: continuous-time (``n_steps`` = 0) or n-step;
-        for a class-conditional network, given ``classes`` (B,) ("no class" = network.num_classes)."""
+        for a class-conditional network, given ``classes`` (B,) ("no class" = network.num_classes).
+
+        Every random draw of the generator is made first (:meth:`draw`), in the order the eager
+        computation made them, and the rest is a function of tensors alone (:meth:`loss_of_draws`),
+        which ``torch.compile`` turns into one graph (see :mod:`bfncli.compiled`)."""
+        return self.loss_of_draws(x, *self.draw(x, n_steps, generator), n_steps, classes)
+
+    def draw(self, x: Tensor, n_steps: int, generator: Optional[torch.Generator] = None):
+        """The loss's random draws: t, the flow's noise, and the discrete-time loss's Monte Carlo noise."""
         t = self.sample_t(x.shape[0], n_steps, x.device, generator)
+        flow_noise = self.flow.flow_noise(x, generator)
+        mc_noise = self.flow.loss_noise(x.reshape(x.shape[0], -1), generator) if n_steps else []
+        return t, flow_noise, mc_noise
+
+    def loss_of_draws(self, x: Tensor, t: Tensor, flow_noise: Tensor, mc_noise: list[Tensor], n_steps: int = 0,
+                      classes: Optional[Tensor] = None) -> Tensor:
+        """:meth:`loss` given its random draws (dropout inside the network aside)."""
         with float32(x.device):
-            theta = self.flow.flow_sample(x, self._per_example(t, x), generator)
+            theta = self.flow.flow_sample(x, self._per_example(t, x), noise=flow_noise)
         dist = self.predict(theta, t, classes)
         with float32(x.device):
             flat = x.reshape(x.shape[0], -1)
             t_flat = t.reshape(-1, 1)
             if n_steps:
-                per_dim = self.flow.discrete_time_loss(flat, dist, t_flat, n_steps, generator)
+                per_dim = self.flow.discrete_time_loss(flat, dist, t_flat, n_steps, noise=mc_noise)
             else:
                 per_dim = self.flow.continuous_time_loss(flat, dist, t_flat)
             return per_dim.mean()
@@ -158,9 +174,13 @@ class BFN(nn.Module):
     def reconstruction_loss(self, x: Tensor, generator: Optional[torch.Generator] = None,
                             classes: Optional[Tensor] = None) -> Tensor:
         """-log p_O(x | theta, 1) per data dimension, theta drawn from the flow at t = 1."""
+        return self.reconstruction_of_draws(x, self.flow.flow_noise(x, generator), classes)
+
+    def reconstruction_of_draws(self, x: Tensor, flow_noise: Tensor, classes: Optional[Tensor] = None) -> Tensor:
+        """:meth:`reconstruction_loss` given the flow's noise."""
         t = torch.ones(x.shape[0], device=x.device)
         with float32(x.device):
-            theta = self.flow.flow_sample(x, self._per_example(t, x), generator)
+            theta = self.flow.flow_sample(x, self._per_example(t, x), noise=flow_noise)
         dist = self.predict(theta, t, classes)
         with float32(x.device):
             return self.flow.reconstruction_loss(x.reshape(x.shape[0], -1), dist).mean()

@@ -90,6 +90,18 @@ def test_resume_is_bit_for_bit_every_time(reference):
             assert_same_run(work, "ref", name)
 
 
+@pytest.mark.slow
+def test_resume_with_compile_on_is_bit_for_bit(work):
+    """train.compile=on (inductor on the CPU): a killed and resumed run is the uninterrupted one."""
+    on = ["--set", "train.compile=on"]
+    first = train(work, "cref", *on)
+    assert first.returncode == 0, first.stderr
+    assert "compiled: the first training step took" in first.stderr
+    assert train(work, "ccut", *on, faults="kill:6:0").returncode == -signal.SIGKILL
+    assert train(work, "ccut", *on, "--resume", "auto").returncode == 0
+    assert_same_run(work, "cref", "ccut")
+
+
 def test_resume_mid_accumulation_is_bit_for_bit(work):
     acc = ["--set", "train.accumulate=2"]
     assert train(work, "ref2", *acc).returncode == 0
@@ -165,6 +177,36 @@ def test_non_finite_steps_are_skipped_then_stop(work):
     stop = train(work, "nan2", "--set", "train.max_nonfinite_steps=3", faults="nan:3,4,5,6")
     assert stop.returncode == 1 and "Traceback" not in stop.stderr
     assert stop.stderr.strip().splitlines()[-1].startswith("bfn train: stopping: 3 non-finite steps in a row at step 6")
+
+
+def test_non_finite_steps_counted_on_the_device(call, work, monkeypatch):
+    """The GPU's path (fused AdamW skipping through found_inf, the EMA weighted by finiteness, flags
+    read back only when a metrics line is written), run on the CPU: the same skips, the same stop."""
+    from bfncli.jobs import train as job
+
+    monkeypatch.setattr(job, "_device_checks", lambda device, precision: True)
+    micro_step = job.Trainer._micro_step
+
+    def nan_at(steps):
+        def faulty(self, step, micro):
+            loss = micro_step(self, step, micro)
+            return loss * float("nan") if step in steps else loss
+        return faulty
+
+    monkeypatch.setattr(job.Trainer, "_micro_step", nan_at({2}))
+    base = ["train", *TINY, "--data", str(work / "tiny.safetensors"), "--runs-dir", str(work / "runs"),
+            "--set", "train.log_every=4"]
+    result = call(*base, "--run-name", "dev", "--max-steps", "10", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert "step 3: non-finite loss or gradients; step skipped" in result.stderr
+    info = json.loads((work / "runs" / "dev" / "checkpoints" / "step-00000010" / "state.json").read_text())
+    assert info["skipped_steps"] == 1
+    state = load_file(str(work / "runs" / "dev" / "checkpoints" / "step-00000010" / "state.safetensors"))
+    assert all(torch.isfinite(t).all() for t in state.values())
+    monkeypatch.setattr(job.Trainer, "_micro_step", nan_at({3, 4, 5, 6}))
+    stop = call(*base, "--run-name", "dev2", "--max-steps", "10", "--set", "train.max_nonfinite_steps=3", cwd=work)
+    assert stop.returncode == 1
+    assert "stopping: 3 non-finite steps in a row at step 6" in stop.stderr
 
 
 def test_two_processes_train_in_step(work):

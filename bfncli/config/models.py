@@ -267,6 +267,9 @@ class TrainConfig(Section):
         description="fraction of training examples whose label is replaced by 'no class' (classifier-free guidance)",
     )
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the loss (network and flow), CUDA graphs on a GPU: on, off, or auto (on for "
+        "GPU runs of 500 steps or more; the first step compiles, about a minute)")
     seed: int = Field(666, ge=0, le=INT64_MAX, description="random seed: weights, data order, noise")
     log_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(10_000, ge=1)
@@ -288,6 +291,8 @@ class EvalConfig(Section):
     repeats: int = Field(1, ge=1)
     batch_size: int = Field(100, ge=1)
     seed: int = Field(0, ge=0, le=INT64_MAX, description="random seed")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the loss: on, off, or auto (on for GPU evaluations of 500 batches or more)")
 
 
 class SampleConfig(Section):
@@ -301,6 +306,8 @@ class SampleConfig(Section):
                             "model, 0 = unconditional, > 1 sharper classes")
     batch_size: int = Field(16, ge=1, description="samples drawn per network batch")
     seed: int = Field(0, ge=0, le=INT64_MAX, description="random seed")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile the network: on, off, or auto (on for GPU jobs of 500 network calls or more)")
 
     @field_validator("sampler")
     @classmethod

@@ -87,12 +87,28 @@ class ContinuousFlow:
         new_rho = rho + alpha
         return (rho * mu + alpha * y) / new_rho, new_rho
 
-    def flow_sample(self, x: Tensor, t: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """mu ~ p_F(. | x; t) = N(gamma x, gamma (1 - gamma)) (sec. 4.5). The network sees mu only."""
+    def flow_sample(self, x: Tensor, t: Tensor, generator: Optional[torch.Generator] = None,
+                    noise: Optional[Tensor] = None) -> Tensor:
+        """mu ~ p_F(. | x; t) = N(gamma x, gamma (1 - gamma)) (sec. 4.5). The network sees mu only.
+        ``noise``: the standard normal draw, if already drawn (see :meth:`flow_noise`)."""
         rest = self.remaining_variance(t)
         gamma = 1 - rest
-        noise = torch.randn(torch.broadcast_shapes(x.shape, t.shape), generator=generator, device=x.device)
+        if noise is None:
+            noise = torch.randn(torch.broadcast_shapes(x.shape, t.shape), generator=generator, device=x.device)
         return gamma * x + (gamma * rest).sqrt() * noise
+
+    @staticmethod
+    def flow_noise(x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The standard normal draw that :meth:`flow_sample` turns into mu, one per data dimension (what it
+        draws itself when ``t`` has one time per example)."""
+        return torch.randn(x.shape, generator=generator, device=x.device)
+
+    def loss_noise(self, x: Tensor, generator: Optional[torch.Generator] = None) -> list[Tensor]:
+        """The Monte Carlo draws of :meth:`discrete_time_loss` for flat data ``x`` (none for a delta output)."""
+        if self.output == "delta":
+            return []
+        return [torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                for _ in range(self.kl_samples)]
 
     @staticmethod
     def net_input(mu: Tensor) -> Tensor:
@@ -128,9 +144,11 @@ class ContinuousFlow:
         return -math.log(self.sigma_1) * (dist.mean - x).square() / torch.pow(self.min_variance, t)
 
     def discrete_time_loss(
-        self, x: Tensor, dist: OutputDist, t: Tensor, n_steps: int, generator: Optional[torch.Generator] = None
+        self, x: Tensor, dist: OutputDist, t: Tensor, n_steps: int, generator: Optional[torch.Generator] = None,
+        noise: Optional[list[Tensor]] = None,
     ) -> Tensor:
-        """L^n(x) at t = t_{i-1}, per dimension (sec. 4.11, 5.3).
+        """L^n(x) at t = t_{i-1}, per dimension (sec. 4.11, 5.3); ``noise``: the draws of
+        :meth:`loss_noise`, if already drawn.
 
         Delta output: n alpha_i |x - x_hat|^2 / 2. Discretized output: n KL(N(x, 1/alpha) ||
         sum_k p(k) N(k_c, 1/alpha)), estimated with ``kl_samples`` draws y = x + e / sqrt(alpha) of
@@ -163,9 +181,8 @@ class ContinuousFlow:
             return first_order - log_receiver_ratio
 
         total = torch.zeros_like(x)
-        for _ in range(self.kl_samples):
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            total = total + chunked(kl_term, x, alpha, noise, dist.loc, dist.scale, width=dist.num_bins)
+        for e in noise if noise is not None else self.loss_noise(x, generator):
+            total = total + chunked(kl_term, x, alpha, e, dist.loc, dist.scale, width=dist.num_bins)
         return n_steps * total / self.kl_samples
 
     def reconstruction_loss(self, x: Tensor, dist: OutputDist) -> Tensor:

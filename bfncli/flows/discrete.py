@@ -73,18 +73,31 @@ class DiscreteFlow:
         """Bayesian update (sec. 6.4): theta' = theta e^y / sum_k theta_k e^y_k (in log space)."""
         return torch.softmax(theta.clamp(min=1e-38).log() + y, -1)
 
-    def flow_sample(self, x: Tensor, t: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    def flow_sample(self, x: Tensor, t: Tensor, generator: Optional[torch.Generator] = None,
+                    noise: Optional[Tensor] = None) -> Tensor:
         """theta ~ p_F(. | x; t) = softmax(y), y ~ N(beta (K e_x - 1), beta K I) (sec. 6.8).
 
-        t is clamped to 1 - 1e-6; where sqrt(beta) < 1e-10 theta is exactly uniform.
+        t is clamped to 1 - 1e-6; where sqrt(beta) < 1e-10 theta is exactly uniform. ``noise``: the
+        standard normal draw, if already drawn (see :meth:`flow_noise`).
         """
         sqrt_beta = self.max_sqrt_beta * t.clamp(max=MAX_T)
         uniform = (sqrt_beta < MIN_SQRT_BETA).unsqueeze(-1)
         beta = sqrt_beta.clamp(min=MIN_SQRT_BETA).square().unsqueeze(-1)
         mean = beta * self._sender_mean(x)
-        noise = torch.randn(mean.shape, generator=generator, device=x.device)
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator, device=x.device)
         theta = torch.softmax(mean + (beta * self.n_classes).sqrt() * noise, -1)
         return torch.where(uniform, torch.full_like(theta, 1.0 / self.n_classes), theta)
+
+    def flow_noise(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """The standard normal draw that :meth:`flow_sample` turns into theta, K per data dimension (what it
+        draws itself when ``t`` has one time per example)."""
+        return torch.randn((*x.shape, self.n_classes), generator=generator, device=x.device)
+
+    def loss_noise(self, x: Tensor, generator: Optional[torch.Generator] = None) -> list[Tensor]:
+        """The Monte Carlo draws of :meth:`discrete_time_loss` for flat data ``x``."""
+        return [torch.randn((*x.shape, self.n_classes), generator=generator, device=x.device)
+                for _ in range(self.kl_samples)]
 
     def net_input(self, theta: Tensor) -> Tensor:
         """What the network sees: theta for K > 2; 2 theta_0 - 1 per dimension for K = 2."""
@@ -106,9 +119,11 @@ class DiscreteFlow:
         return self.n_classes * self.beta_1 * t * (e_x - dist.probs).square().sum(-1)
 
     def discrete_time_loss(
-        self, x: Tensor, dist: OutputDist, t: Tensor, n_steps: int, generator: Optional[torch.Generator] = None
+        self, x: Tensor, dist: OutputDist, t: Tensor, n_steps: int, generator: Optional[torch.Generator] = None,
+        noise: Optional[list[Tensor]] = None,
     ) -> Tensor:
-        """L^n(x) at t = t_{i-1}, per dimension (sec. 6.11), by Monte Carlo over y ~ p_S(. | x; alpha_i).
+        """L^n(x) at t = t_{i-1}, per dimension (sec. 6.11), by Monte Carlo over y ~ p_S(. | x; alpha_i)
+        (``noise``: the draws of :meth:`loss_noise`, if already drawn).
 
         ``official`` (the default, as the released code and the paper's numbers): the receiver is a
         product over the K coordinates of 1-D mixtures sum_k p(k) N(y_a | alpha (K delta_ka - 1), alpha K).
@@ -142,10 +157,9 @@ class DiscreteFlow:
         log_other = torch.where(is_x, log_rest, log_p)  # log w_a
         log_own = torch.where(is_x, log_p, log_rest)  # log (1 - w_a)
         total = torch.zeros_like(x, dtype=torch.float32)
-        for _ in range(self.kl_samples):
-            noise = torch.randn((*x.shape, k), generator=generator, device=x.device)
-            r = -0.5 * alpha * k + sign * scale * noise
-            first_order = (log_other.exp() * sign * scale * noise).sum(-1)
+        for e in noise if noise is not None else self.loss_noise(x, generator):
+            r = -0.5 * alpha * k + sign * scale * e
+            first_order = (log_other.exp() * sign * scale * e).sum(-1)
             if self.discrete_time_kl == "official":
                 pair_w = torch.stack([log_own, log_other], -1)
                 pair_d = torch.stack([torch.zeros_like(r), r], -1)

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import torch
 
+from bfncli import compiled
 from bfncli.atomic_files import file_sha256, write_text_atomic
 from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
@@ -50,6 +51,8 @@ def run_eval(
     per_example = 4 * math.prod(model.data_shape) * (model.flow.n_classes if model.discrete else 1)
     batch = min(e.batch_size, len(examples))
     require_memory(8 * batch * per_example, f"a batch of {batch} examples", "lower --batch-size", runtime.device)
+    if compiled.wanted(e.compile, runtime.device, e.repeats * math.ceil(len(examples) / e.batch_size)):
+        compiled.compile_loss(model, runtime.device)
     result = estimate(model, examples, e.steps, e.repeats, e.batch_size, e.seed, runtime,
                       state_key=_state_key(info, cfg, examples, classes), progress=runtime.is_main, classes=classes)
     result.update(checkpoint=str(path), weights=info.weights, step=info.step, classes=classes)

@@ -22,7 +22,8 @@ class ProgressLines:
         self.every = max(1, math.ceil((total - start) / 10))
         self.last_step, self.last_time = start, clock()
 
-    def update(self, step: int, loss: float) -> None:
+    def update(self, step: int, loss) -> None:
+        """``loss``: a float or a 0-d tensor, read (a host synchronisation) only when a line is said."""
         now = self.clock()
         if step < self.total and step - self.last_step < self.every and now - self.last_time < EVERY_SECONDS:
             return

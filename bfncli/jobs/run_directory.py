@@ -22,11 +22,12 @@ from bfncli.errors import InputError, UserError
 from bfncli.log import logger
 from bfncli.training_state import PREFIX, find_resumable, verify
 
-# Config fields that may change on resume: they do not alter the trajectory of the run.
+# Config fields that may change on resume: they do not alter the trajectory of the run (train.compile only
+# in the last bits of floating point, and dropout's random stream; see the README's Speed section).
 RESUMABLE_CHANGES = (
     "description", "train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
     "train.val_every", "train.val_repeats", "train.val_batch_size", "train.max_val_batches", "train.trackers",
-    "train.max_nonfinite_steps", "data.data_dir", "data.download", "eval", "sample",
+    "train.max_nonfinite_steps", "train.compile", "data.data_dir", "data.download", "eval", "sample",
 )
 
 

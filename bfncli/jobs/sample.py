@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from bfncli import compiled
 from bfncli.atomic_files import atomic_path, save_tensors, write_text_atomic
 from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
@@ -146,6 +147,8 @@ def run_sample(
     evaluations = method.evaluations(method_steps)
     record_at = _frame_steps(evaluations - 1, frames) if trajectory else set()
     _require_memory(model, count, min(s.batch_size, count), evaluations, len(record_at), runtime.device)
+    if compiled.wanted(s.compile, runtime.device, evaluations * math.ceil(count / s.batch_size)):
+        compiled.compile_network(model, runtime.device)
     from tqdm import tqdm
 
     bar = tqdm(total=evaluations * math.ceil(count / s.batch_size), desc=f"sample ({method.name})", unit="eval",

@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 
+from bfncli import compiled
 from bfncli.atomic_files import remove_stale_partials, write_text_atomic
 from bfncli.config import BFNConfig, resolve_config
 from bfncli.errors import UserError
@@ -199,13 +200,23 @@ class Trainer:
             model.net.load_state_dict(self.initial.tensors)  # the EMA copied below starts from them too
         self.ema = copy.deepcopy(model).requires_grad_(False).eval()
         groups = self._param_groups(model)
+        device = self.accelerator.device
+        # On a GPU the step never waits for the host: AdamW is fused and skips a non-finite step itself
+        # (found_inf), the EMA update is weighted by the step's finiteness, and the flags are read when a
+        # metrics line is written. fp16's gradient scaler keeps its own skipping (and the host check).
+        self.device_checks = _device_checks(device, precision)
         optimizer = torch.optim.AdamW(groups, lr=self.cfg.optim.lr, betas=self.cfg.optim.betas,
-                                      eps=self.cfg.optim.eps, weight_decay=self.cfg.optim.weight_decay)
+                                      eps=self.cfg.optim.eps, weight_decay=self.cfg.optim.weight_decay,
+                                      fused=True if self.device_checks or device.type == "cuda" else None)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.ema.to(self.accelerator.device)
+        self.ema.to(device)
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.params = [p for p in self.unwrapped.parameters()]
         self.ema_params = [p for p in self.ema.parameters()]
+        self.compiling = compiled.wanted(t.compile, device, t.steps)
+        if self.compiling:  # after the EMA's deep copy, which must not share the compiled loss
+            compiled.compile_loss(self.unwrapped, device, cuda_graphs=self.runtime.world_size == 1)
+        self.first_step_clock = compiled.FirstCallClock("the first training step", enabled=self.compiling and self.runtime.is_main)
 
     def _param_groups(self, model):
         o = self.cfg.optim
@@ -257,7 +268,10 @@ class Trainer:
         slot = micro * world + rank
         data_gen = torch.Generator().manual_seed(mix(self.cfg.train.seed, "data", step, slot))
         index = self.order.indices(step, slot)
-        x = self.train_set.batch(index, data_gen).to(self.accelerator.device, non_blocking=True)
+        x = self.train_set.batch(index, data_gen)
+        if x.device.type == "cpu" and self.accelerator.device.type == "cuda":
+            x = x.pin_memory()  # so that the copy below is asynchronous
+        x = x.to(self.accelerator.device, non_blocking=True)
         classes = self._classes(index, step, slot)
         flow_gen = torch.Generator(device=self.accelerator.device).manual_seed(mix(self.cfg.train.seed, "flow", step,
                                                                                    slot))
@@ -294,12 +308,20 @@ class Trainer:
         loss = self.accelerator.reduce(total / t.accumulate, "mean") if self.runtime.world_size > 1 else total / t.accumulate
         grad_norm = self.accelerator.clip_grad_norm_(self.params, t.grad_clip_norm)
         # Under fp16 the gradient scaler skips steps whose gradients overflow (and lowers its scale).
-        finite = bool(torch.isfinite(loss)) and (self.precision == "fp16" or bool(torch.isfinite(grad_norm)))
-        if finite:
+        finite = torch.isfinite(loss) if self.precision == "fp16" else torch.isfinite(loss) & torch.isfinite(grad_norm)
+        if self.device_checks:
+            _inner(self.optimizer).found_inf = (~finite).float()  # fused AdamW leaves the weights alone then
+            self.optimizer.step()
+            weight = finite.float() * (1 - t.ema_decay)
+            moved = torch._foreach_sub([p.detach() for p in self.params], self.ema_params)
+            torch._foreach_mul_(moved, weight)
+            torch._foreach_add_(self.ema_params, moved)
+        elif bool(finite):
             self.optimizer.step()
             torch._foreach_lerp_(self.ema_params, [p.detach().float() for p in self.params], 1 - t.ema_decay)
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss.item(), "grad_norm": float(grad_norm), "lr": self.lr_at(step), "finite": finite}
+        # tensors: read (a host synchronisation on a GPU) only when a metrics line is written
+        return {"loss": loss.detach(), "grad_norm": grad_norm, "lr": self.lr_at(step), "finite": finite}
 
     # -------------------------------------------------------------------------------- run
     def run(self, start_path: Optional[Path]) -> Path:
@@ -321,42 +343,39 @@ class Trainer:
         clock, clock_step = time.perf_counter(), state["step"]
         last_saved = state["step"] if start_path is not None else -1
         self.model.train()
+        pending: list[tuple[int, Any]] = []  # (step, finite flag) not yet read back from the device
         with StopFlag() as stop:
             while state["step"] < t.steps:
                 step = state["step"]
-                m = self._step(step)
+                with self.first_step_clock:
+                    m = self._step(step)
                 state["step"] = step + 1
-                if m["finite"]:
-                    state["nonfinite_streak"] = 0
-                else:
-                    state["skipped_steps"] += 1
-                    state["nonfinite_streak"] += 1
-                    if main:
-                        logger.warning(f"step {step + 1}: non-finite loss or gradients; step skipped")
-                    if state["nonfinite_streak"] >= t.max_nonfinite_steps:
-                        raise UserError(
-                            f"stopping: {state['nonfinite_streak']} non-finite steps in a row at step {step + 1}; "
-                            "lower optim.lr or train.grad_clip_norm, or resume from an earlier checkpoint",
-                            exit_code=1)
+                pending.append((step, m["finite"]))
                 done = state["step"]
-                if main and (done % t.log_every == 0 or done == t.steps):
+                saving = done % t.checkpoint_every == 0 or done == t.steps
+                validating = self.val_set is not None and done % t.val_every == 0
+                logging = done % t.log_every == 0 or done == t.steps
+                if logging or saving or validating or not self.device_checks or stop.signum is not None:
+                    self._settle(pending, state)
+                if main and logging:
                     now = time.perf_counter()
                     rate = (done - clock_step) / max(now - clock, 1e-9)
                     clock, clock_step = now, done
-                    record = {"step": done, "loss": m["loss"], "grad_norm": m["grad_norm"], "lr": m["lr"],
+                    record = {"step": done, "loss": m["loss"].item(), "grad_norm": float(m["grad_norm"]), "lr": m["lr"],
                               "steps_per_s": rate, "examples_per_s": rate * t.batch_size,
                               "skipped_steps": state["skipped_steps"]}
                     append_metrics(metrics_file, record)
                     if t.trackers:
                         self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=done)
-                    bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", refresh=False)
                 bar.update()
                 if lines is not None:
-                    lines.update(done, m["loss"])
-                if self.val_set is not None and done % t.val_every == 0:
+                    lines.update(done, m["loss"])  # a device tensor: read only when a line is said
+                if validating:
                     self._validate(done, state, metrics_file)
                 stopping = self._agree(stop.signum is not None)
-                if done % t.checkpoint_every == 0 or done == t.steps or stopping:
+                if saving or stopping:
+                    self._settle(pending, state)
                     self._save(done, state)
                     last_saved = done
                 if stopping:
@@ -367,6 +386,7 @@ class Trainer:
                                        f"{resume_command(self.run_dir)}")
                     raise SystemExit(stop.exit_code)
         bar.close()
+        self._settle(pending, state)
         if last_saved != state["step"]:
             self._save(state["step"], state)
         self.accelerator.end_training()
@@ -374,6 +394,30 @@ class Trainer:
         if main:
             logger.info(f"done: {state['step']} steps; EMA weights in {release}")
         return release
+
+    def _settle(self, pending: list, state: dict[str, Any]) -> None:
+        """Count the skipped steps whose finiteness flags are still on the device (one host
+        synchronisation for all of them), in order; stop after train.max_nonfinite_steps in a row."""
+        if not pending:
+            return
+        flags = torch.stack([torch.as_tensor(f) for _, f in pending]).tolist() if self.device_checks else \
+            [bool(f) for _, f in pending]
+        steps = [s for s, _ in pending]
+        pending.clear()
+        t = self.cfg.train
+        for step, finite in zip(steps, flags):
+            if finite:
+                state["nonfinite_streak"] = 0
+                continue
+            state["skipped_steps"] += 1
+            state["nonfinite_streak"] += 1
+            if self.runtime.is_main:
+                logger.warning(f"step {step + 1}: non-finite loss or gradients; step skipped")
+            if state["nonfinite_streak"] >= t.max_nonfinite_steps:
+                raise UserError(
+                    f"stopping: {state['nonfinite_streak']} non-finite steps in a row at step {step + 1}; "
+                    "lower optim.lr or train.grad_clip_norm, or resume from an earlier checkpoint",
+                    exit_code=1)
 
     def _agree(self, flag: bool) -> bool:
         """Every process stops at the same step if any of them was signalled."""
@@ -455,6 +499,11 @@ class _RandomSample:
 
     def labels_of(self, index):
         return self.examples.labels_of(self.indices[index])
+
+
+def _device_checks(device: torch.device, precision: str) -> bool:
+    """Whether a step's finiteness stays on the device (a GPU, where reading it would stall the queue)."""
+    return device.type == "cuda" and precision != "fp16"
 
 
 class _nothing:

@@ -1,0 +1,125 @@
+"""torch.compile (bfncli.compiled): the compiled loss, gradients and samples are the eager ones (float32,
+relative 1e-5) for every network family and both kinds of flow; when `auto` compiles; where
+inductor keeps its kernels. Inductor compiles on the CPU too (with the system's C++ compiler)."""
+
+import copy
+
+import pytest
+import torch
+
+from bfncli import compiled
+from bfncli.config import resolve_config
+from bfncli.model import BFN
+from bfncli.samplers import SAMPLERS, SampleNoise
+
+# Tiny networks of the three families, on both kinds of flow (dropout off: inductor draws its own).
+CASES = {
+    "unet_vdm-continuous": ("default", ["network.embedding_dim=16", "network.n_blocks=1", "network.norm_groups=4",
+                                        "network.output_adapter.input_height=17"]),
+    "unet_improved-binary": ("mnist-tiny", ["network.model_channels=8", "network.out_channels=8",
+                                            "network.output_adapter.input_height=16", "network.num_heads=1"]),
+    "transformer-text": ("text8-tiny", ["network.n_layer=1", "network.n_embd=16", "network.n_head=2",
+                                        "network.input_adapter.output_size=16", "network.dropout=0.0"]),
+}
+
+
+def _model(case):
+    preset, sets = CASES[case]
+    cfg = resolve_config(preset, sets=sets, environ={})
+    torch.manual_seed(0)
+    return BFN(cfg).train()
+
+
+def _data(model, batch=3):
+    g = torch.Generator().manual_seed(1)
+    shape = (batch, *model.data_shape)
+    if model.discrete:
+        return torch.randint(0, model.flow.n_classes, shape, generator=g)
+    bins = model.cfg.output.num_bins
+    return (torch.randint(0, bins, shape, generator=g).float() + 0.5) * 2 / bins - 1
+
+
+def _close(a, b, rel=1e-5):
+    return (a - b).norm().item() <= rel * b.norm().item() + 1e-12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("n_steps", [0, 10])
+def test_compiled_loss_and_gradients_are_the_eager_ones(case, n_steps):
+    eager = _model(case)
+    fast = copy.deepcopy(eager)
+    compiled.compile_loss(fast, torch.device("cpu"))
+    x = _data(eager)
+    losses, grads = [], []
+    for model in (eager, fast):
+        loss = model.loss(x, n_steps, torch.Generator().manual_seed(2))
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad for p in model.parameters()])
+    assert _close(losses[1], losses[0]), (losses[1].item(), losses[0].item())
+    for g_fast, g_eager in zip(*grads):
+        assert _close(g_fast, g_eager)
+    recon = [m.reconstruction_loss(x, torch.Generator().manual_seed(3)).detach() for m in (eager, fast)]
+    assert _close(recon[1], recon[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["unet_vdm-continuous", "transformer-text"])
+def test_compiled_sampling_draws_the_eager_samples(case):
+    eager = _model(case).eval()
+    fast = copy.deepcopy(eager)
+    compiled.compile_network(fast, torch.device("cpu"))
+    with torch.inference_mode():
+        for name, sampler in SAMPLERS.items():
+            a, b = (sampler.run(m, SampleNoise(5, 0, 2), sampler.steps_for(6)) for m in (eager, fast))
+            if eager.discrete:  # tokens: the same; pixels: the same up to float rounding
+                assert torch.equal(a, b), name
+            else:
+                assert _close(b.float(), a.float()), name
+
+
+def test_the_eager_loss_is_its_draws_then_a_function_of_them():
+    """The split that compiling relies on draws the numbers the loss always drew (exact resume across
+    versions, conformance): the draws come first from the same generator, in the same order."""
+    model = _model("unet_vdm-continuous")
+    x = _data(model)
+    g = torch.Generator().manual_seed(4)
+    t, flow_noise, mc = model.draw(x, 10, g)
+    g2 = torch.Generator().manual_seed(4)
+    assert torch.equal(t, torch.randint(0, 10, (3,), generator=g2) / 10)
+    assert torch.equal(flow_noise, torch.randn(x.shape, generator=g2))
+    assert len(mc) == model.flow.kl_samples and torch.equal(mc[0], torch.randn(3, x[0].numel(), generator=g2))
+    assert torch.equal(model.loss(x, 10, torch.Generator().manual_seed(4)), model.loss_of_draws(x, t, flow_noise, mc, 10))
+
+
+def test_auto_compiles_long_gpu_runs_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compiled.wanted("on", cpu, 1) and not compiled.wanted("off", cuda, 10**6)
+    assert compiled.wanted("auto", cuda, compiled.AUTO_MIN_STEPS["cuda"])
+    assert not compiled.wanted("auto", cuda, compiled.AUTO_MIN_STEPS["cuda"] - 1)
+    assert not compiled.wanted("auto", cuda, None)
+    assert compiled.wanted("auto", cpu, 10**9) == (compiled.AUTO_MIN_STEPS["cpu"] is not None)
+
+
+def test_inductor_keeps_its_kernels_in_bfns_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BFN_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    compiled.use_bfn_cache()
+    import os
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compiled" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
+    compiled.use_bfn_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"  # the user's choice wins
+
+
+def test_compiling_keeps_the_state_dict_and_uncompiles():
+    model = _model("unet_vdm-continuous")
+    keys = list(model.state_dict())
+    compiled.compile_loss(model, torch.device("cpu"))
+    compiled.compile_network(model, torch.device("cpu"))
+    assert list(model.state_dict()) == keys and "loss_of_draws" in model.__dict__
+    compiled.uncompile(model)
+    assert not {"loss_of_draws", "reconstruction_of_draws", "network_call"} & set(model.__dict__)
