@@ -73,8 +73,11 @@ def decode_batches(coder, payload: np.ndarray, seed: int, untouched: int, valids
     start = seed_words(seed)
     stack = Stack(np.concatenate([start[:untouched], payload]))
     out = []
-    for valid in reversed(valids):
-        out.append(coder.decode(stack, valid, tick))
+    try:
+        for valid in reversed(valids):
+            out.append(coder.decode(stack, valid, tick))
+    except (ValueError, OverflowError):  # a drifted decode pushing values no window holds
+        return None
     if not np.array_equal(stack.words(), start):
         return None
     return out[::-1]
