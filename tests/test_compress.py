@@ -77,6 +77,15 @@ def test_discretized_round_trip_keeps_the_tensor_file(call, models, tmp_path):
     _round_trip(call, _digits(tmp_path, 16), models["discretized"], "--batch-size", 2)
 
 
+def test_binary_round_trip(call, models, tmp_path):
+    from safetensors.torch import save_file
+
+    source = tmp_path / "binary.safetensors"
+    save_file({"data": (torch.rand(1, 28, 28, 1, generator=torch.Generator().manual_seed(3)) < 0.3).long()},
+              str(source))
+    _round_trip(call, source, _checkpoint(tmp_path / "mnist.safetensors", "mnist-tiny", []))
+
+
 def test_continuous_round_trip_of_a_picture(call, models, tmp_path):
     from PIL import Image
 

@@ -3,9 +3,9 @@ mixtures of quantised Gaussians coded with bits back on the component.
 
 Everything here works on flat float64/int64 numpy arrays, one entry per coded symbol. Symbols
 are integers on a lattice; each Gaussian is coded in a window of 2M + 1 symbols around an integer
-centre (constriction gives every symbol of the window at least one unit of its 24-bit precision,
-so windows of the same size leak the same mass and the leak cancels between the pop and the push
-of one variable). Probabilities are turned into integer counts before they reach the coder, so
+centre (constriction gives every symbol of a window at least one unit of its 24-bit precision:
+see schedule.py for how the windows are sized). Probabilities are turned into integer counts, and
+Gaussian means and standard deviations snapped to a fixed grid, before they reach the coder, so
 that encoder and decoder hand it bit-identical models.
 
 A mixture sum_c w_c N(m_c, s^2) is coded with bits back on its component (BB-ANS, Townsend et

@@ -107,10 +107,11 @@ def _summary(data_bytes, packed, encoded, n, seconds, model, path, output) -> di
 
 def _describe(s: dict[str, Any]) -> str:
     where = s["output"] or "standard output"
-    return (f"{s['input_bytes']} bytes -> {s['output_bytes']} bytes ({where}): {s['bits_per_dim']:.4f} bits/dim, "
-            f"{s['net_bits_per_dim']:.4f} without the {s['initial_bits']} initial bits; the model's "
-            f"{s['steps']}-step loss on the same data: {s['loss_bits_per_dim']:.4f} bits/dim "
-            f"({s['seconds']:.1f} s)")
+    dims = s["dims"]
+    return (f"{s['input_bytes']} bytes -> {s['output_bytes']} bytes ({where}): {s['bits_per_dim']:.4f} bits/dim = net code "
+            f"{s['code_bits_per_dim']:.4f} + initial bits {s['initial_bits'] / dims:.4f} + header "
+            f"{8 * s['header_bytes'] / dims:.4f}; the model's {s['steps']}-step loss on the same chunks: "
+            f"{s['loss_bits_per_dim']:.4f} bits/dim ({s['seconds']:.1f} s)")
 
 
 # -------------------------------------------------------------------------------- decompress
