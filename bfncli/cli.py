@@ -424,13 +424,14 @@ def compress(
     source: Optional[Path] = typer.Argument(None, help="Text, a picture or a .safetensors/.npy file (default: stdin)."),
     checkpoint: Optional[str] = CheckpointOpt,
     runs_dir: Path = RunsDirOpt,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .bfnz file (default: SOURCE.bfnz, or stdout)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="The .bfnz file (default: SOURCE.bfnz, or stdout)."),
     steps: Optional[int] = typer.Option(
         None, "--steps", help="n: the n-step code (default: the checkpoint's eval steps, else its sampling steps)."
     ),
     batch_size: int = typer.Option(
-        16, "--batch-size", help="Chunks coded together (one network call per step serves them all); more is faster but "
-        "borrows more initial bits."
+        16, "--batch-size", help="Chunks coded together (one network call per step serves them all); more is faster "
+        "but borrows more initial bits."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout (needs -o)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
@@ -457,7 +458,8 @@ def decompress(
     source: Optional[Path] = typer.Argument(None, help="A .bfnz file (default: stdin)."),
     checkpoint: Optional[str] = CheckpointOpt,
     runs_dir: Path = RunsDirOpt,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default: SOURCE without .bfnz, or stdout)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                          help="Where to write (default: SOURCE without .bfnz, or stdout)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
 ) -> None:
     """Decompress a .bfnz file with the checkpoint that compressed it; checked against the original's checksum."""

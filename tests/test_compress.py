@@ -104,7 +104,8 @@ def test_decode_in_another_process(call, models, tmp_path):
     source = tmp_path / "notes.txt"
     source.write_bytes(TEXT_SAMPLE[:70])
     assert call("compress", source, "--checkpoint", models["text"], "--steps", 3).returncode == 0
-    result = run_bfn("decompress", tmp_path / "notes.txt.bfnz", "--checkpoint", models["text"], "-o", tmp_path / "o.txt")
+    result = run_bfn("decompress", tmp_path / "notes.txt.bfnz", "--checkpoint", models["text"],
+                     "-o", tmp_path / "o.txt")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o.txt").read_bytes() == source.read_bytes()
 

@@ -138,8 +138,9 @@ def _tensor(data: bytes, name: str, fmt: str, kind: Kind) -> Prepared:
         if key is None and len(tensors) == 1:
             key = next(iter(tensors))
         if key is None or len(tensors) > 1:
-            raise UserError(f"{name} holds {', '.join(sorted(tensors)) or 'no tensors'}; compress a file that holds the "
-                            "examples alone (one tensor, 'data' or 'samples')")
+            held = ', '.join(sorted(tensors)) or 'no tensors'
+            raise UserError(f"{name} holds {held}; compress a file that holds the examples alone (one tensor, 'data' "
+                            "or 'samples')")
         tensor = tensors[key]
         info.update(key=key, metadata=meta)
     info.update(dtype=str(tensor.dtype).removeprefix("torch."), shape=list(tensor.shape))
@@ -166,7 +167,8 @@ def _examples(tensor: torch.Tensor, name: str, kind: Kind) -> torch.Tensor:
     from bfncli.flows.distributions import quantize
 
     x = tensor.float()
-    if not torch.isfinite(x).all() or not torch.equal(quantize(x, kind.bins), x) or not torch.equal(x.to(tensor.dtype), tensor):
+    exact = torch.equal(x.to(tensor.dtype), tensor)
+    if not torch.isfinite(x).all() or not torch.equal(quantize(x, kind.bins), x) or not exact:
         raise UserError(f"{name} has values that are not centres of this model's {kind.bins} bins in [-1, 1]; "
                         "only those can be coded losslessly")
     return x
@@ -198,8 +200,8 @@ def _image(data: bytes, name: str, kind: Kind) -> Prepared:
         raise UserError(f"{name} is {pixels.shape[1]}x{pixels.shape[0]} with {pixels.shape[2]} channel(s); this model "
                         f"codes {kind.shape[1]}x{kind.shape[0]} pictures with {kind.shape[2]}")
     x = (torch.from_numpy(pixels.astype(np.float32)) * 2 + 1) / 256 - 1  # the centre of bin v of 256
-    return Prepared(x.unsqueeze(0), np.ones((1, pixels.size), dtype=bool), {"type": "image", "shape": list(pixels.shape)},
-                    pixels.tobytes())
+    info = {"type": "image", "shape": list(pixels.shape)}
+    return Prepared(x.unsqueeze(0), np.ones((1, pixels.size), dtype=bool), info, pixels.tobytes())
 
 
 def image_from(x: torch.Tensor, info: dict) -> tuple[np.ndarray, bytes]:

@@ -41,7 +41,8 @@ def run_compress(source: Optional[Path], checkpoint: Optional[Path], runs_dir: P
     data, name = _read_source(source, "data to compress")
     output = _output_path(output, source, lambda s: s.with_name(s.name + SUFFIX), force, "compressed file")
     if output is None and as_json:
-        raise UserError("--json prints the summary on standard output, where the compressed file would go; pass -o FILE")
+        raise UserError("--json prints the summary on standard output, where the compressed file would go; pass "
+                        "-o FILE")
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be >= 1 (the code sends n noisy samples), got {steps}")
     if batch_size < 1:
@@ -61,7 +62,7 @@ def run_compress(source: Optional[Path], checkpoint: Optional[Path], runs_dir: P
     seconds = time.perf_counter() - start
     bar.close()
     header = {
-        "codec": CODEC, "bfn_version": __version__, "checkpoint": str(path), "weights_sha256": weights,
+        "codec": CODEC, "bfn_version": __version__, "checkpoint": str(Path(path).resolve()), "weights_sha256": weights,
         "steps": n, "resolution": walk.resolution, "batch_size": batch_size, "chunks": count,
         "device": _device_kind(runtime.device), "seed_words": encoded.seed, "untouched_words": encoded.untouched,
         "data": prepared.info, "data_sha256": prepared.sha256, "data_bytes": len(data),
@@ -108,8 +109,8 @@ def _summary(data_bytes, packed, encoded, n, seconds, model, path, output) -> di
 def _describe(s: dict[str, Any]) -> str:
     where = s["output"] or "standard output"
     dims = s["dims"]
-    return (f"{s['input_bytes']} bytes -> {s['output_bytes']} bytes ({where}): {s['bits_per_dim']:.4f} bits/dim = net code "
-            f"{s['code_bits_per_dim']:.4f} + initial bits {s['initial_bits'] / dims:.4f} + header "
+    return (f"{s['input_bytes']} bytes -> {s['output_bytes']} bytes ({where}): {s['bits_per_dim']:.4f} bits/dim = "
+            f"net code {s['code_bits_per_dim']:.4f} + initial bits {s['initial_bits'] / dims:.4f} + header "
             f"{8 * s['header_bytes'] / dims:.4f}; the model's {s['steps']}-step loss on the same chunks: "
             f"{s['loss_bits_per_dim']:.4f} bits/dim ({s['seconds']:.1f} s)")
 
