@@ -417,7 +417,7 @@ def convert(
   [dim]# sizes, bits per dimension, the model's n-step loss beside them[/dim]
   bfn compress notes.txt --checkpoint CK --steps 100 --json -o notes.bfnz
 
-  bfn sample --shape 16,8,8,1 | bfn compress > samples.bfnz
+  bfn sample --shape 16,8,8,1 | bfn compress -o samples.bfnz
 """,
 )
 def compress(
