@@ -1,16 +1,25 @@
 """The one exception type that reaches the user as a one-line message instead of a traceback."""
 
+from __future__ import annotations
 
-class UserError(Exception):
+from typing import Optional
+
+
+class BFNError(Exception):
     """Something the user can fix: a bad flag, config, file or input.
 
-    The CLI prints ``bfn <command>: <message>`` on stderr and exits with ``exit_code``.
-    The message should say what is wrong *and* what to do about it.
+    The one exception type bfn raises for such things, from the command line and from the Python
+    API alike, with the same message: what is wrong *and* what to do about it. The CLI prints
+    ``bfn <command>: <message>`` on stderr and exits with ``exit_code`` (2 for user errors, 1 for
+    what the machine refused: a full disk, an unwritable file, memory).
     """
 
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+UserError = BFNError  # the name the jobs raise it under
 
 
 class Interrupted(BaseException):
@@ -25,3 +34,24 @@ class Interrupted(BaseException):
 
 def raise_interrupted(signum, frame) -> None:
     raise Interrupted()
+
+
+def out_of_memory_message(err: BaseException) -> Optional[str]:
+    """One line for an allocation that failed (CPU or GPU), saying how much was asked for; None if
+    ``err`` is not about memory."""
+    import re
+
+    text = str(err)
+    cpu = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    gpu = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", text)
+    if cpu:
+        needed = f"{int(cpu.group(1)) / 2**30:.1f} GiB"
+    elif gpu:
+        needed = gpu.group(1)
+    elif isinstance(err, MemoryError) or "out of memory" in text.lower():
+        needed = None
+    else:
+        return None
+    asked = f" (one allocation asked for {needed})" if needed else ""
+    return (f"out of memory{asked}; use a smaller batch (--batch-size, train.batch_size, or more train.accumulate "
+            "steps), fewer samples, or smaller images")

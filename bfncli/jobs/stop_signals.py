@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from typing import Optional
 
 
@@ -16,6 +17,8 @@ class StopFlag:
         self._old = {}
 
     def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # (the Python API, run from a thread) signals reach the main thread only
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handle)
         return self
