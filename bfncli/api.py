@@ -20,6 +20,8 @@ flag), so a call gives what the command gives. Anything a user can get wrong rai
 from __future__ import annotations
 
 import functools
+import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
@@ -145,6 +147,7 @@ def train(
     cfg = train_config(preset=preset, config_file=config_file, sets=sets, data=_path(data),
                        data_dir=_path(data_dir), max_steps=max_steps, checkpoint_every=checkpoint_every, seed=seed,
                        base=base)
+    handlers = _signal_handlers()
     try:
         return run_training(cfg, preset=preset, run_name=run_name, runs_dir=Path(runs_dir),
                             resume=None if resume is None else str(resume), deterministic=deterministic,
@@ -155,6 +158,17 @@ def train(
         if stop.code == 130:
             raise KeyboardInterrupt(message) from None
         raise BFNError(message, exit_code=stop.code if isinstance(stop.code, int) else 1) from None
+    finally:  # the command leaves its stop handlers in place while it exits; the caller goes on
+        for sig, handler in handlers.items():
+            if handler is not None:  # None: set outside Python, cannot be set back
+                signal.signal(sig, handler)
+
+
+def _signal_handlers() -> dict:
+    """The SIGINT/SIGTERM handlers now (none outside the main thread, where they cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 # ------------------------------------------------------------------------------------ load
@@ -350,12 +364,14 @@ class Model:
         data: Optional[PathLike] = None,
         data_dir: Optional[PathLike] = None,
         classes: Optional[str] = None,
+        samples: Union["Tensor", PathLike, None] = None,
         sets: Sets = None,
         deterministic: bool = False,
         progress: bool = True,
     ) -> dict[str, Any]:
         """The paper's loss with standard errors, as ``bfn eval --json`` reports it (the same
-        estimator and seeds: the same numbers).
+        estimator and seeds: the same numbers); or with ``samples``, their quality, as ``bfn eval
+        --samples FILE --json`` reports it.
 
         Args:
             steps: n >= 1: the n-step discrete-time loss; 0: continuous time (default: the
@@ -367,6 +383,9 @@ class Model:
             data_dir: where the paper's datasets are kept.
             classes: class-conditional models: ``"none"`` for the unconditional likelihood
                 (default: conditional on each example's class).
+            samples: samples of this model (a tensor from :meth:`sample`, or a samples file) to
+                measure instead of the likelihood: images by the Fréchet distance in a classifier's
+                features and MMD² against the training split, text by spelling accuracy.
             sets: other overrides (``eval.*``, ``data.*``).
             deterministic: strict reproducibility.
             progress: False: no progress bar.
@@ -375,15 +394,20 @@ class Model:
             ``loss_mean``, ``loss_stderr``, ``recon_mean``, ``recon_stderr``, ``total_mean``,
             ``total_stderr`` (nats per dimension), ``bits_per_dim``, ``nats_per_example``,
             ``bits_per_example``, ``n_steps``, ``repeats``, ``n_examples``, ``dims_per_example``,
-            ``batch_size``, ``seed``, ``checkpoint``, ``weights``, ``step``, ``classes``.
+            ``batch_size``, ``seed``, ``checkpoint``, ``weights``, ``step``, ``classes``; with
+            ``samples``: ``fd``, ``fd_std``, ``mmd2``, ``mmd2_stderr`` ... or ``spelling_accuracy`` ...
         """
         import dataclasses
 
         from bfncli.checkpoint import tensors_checksum
         from bfncli.jobs.evaluate import evaluate_model
         from bfncli.jobs.runtime import setup
-        from bfncli.options import eval_flags, eval_unconditional
+        from bfncli.options import eval_flags, eval_unconditional, refuse_likelihood_flags
 
+        if samples is not None:
+            refuse_likelihood_flags(steps, repeats, batch_size, classes)
+            return self._quality(samples, eval_flags(seed=seed, data=_path(data), data_dir=_path(data_dir)), sets,
+                                 deterministic, progress)
         flags = eval_flags(steps, repeats, batch_size, seed, _path(data), _path(data_dir))
         unconditional = eval_unconditional(classes)
         runtime = dataclasses.replace(setup(deterministic), device=self.device)
@@ -392,6 +416,21 @@ class Model:
         result, _ = evaluate_model(self.module, self.info, runtime, flags, sets or [], unconditional,
                                    progress=progress, weights=weights)
         return result
+
+    def _quality(self, samples, flags: dict[str, Any], sets: Sets, deterministic: bool, progress: bool) -> dict:
+        import torch
+
+        from bfncli.jobs.quality import measure_quality
+        from bfncli.samples_file import read_samples
+
+        if isinstance(samples, (str, Path)):
+            x, meta = read_samples(Path(samples))
+            name: Optional[str] = str(samples)
+        elif isinstance(samples, torch.Tensor):
+            x, meta, name = samples.detach().cpu(), {"kind": self.kind}, None
+        else:
+            raise BFNError(f"samples= takes a tensor of samples or a samples file, not a {type(samples).__name__}")
+        return measure_quality(x, meta, name, self.info, flags, sets or [], deterministic, progress, self.device)
 
     # -------------------------------------------------------------------------------- loss
     def loss(self, batch: "Tensor", steps: int = 0, classes: Optional["Tensor"] = None,

@@ -17,7 +17,7 @@ import typer
 from bfncli import __version__
 from bfncli.errors import Interrupted, UserError, out_of_memory_message, raise_interrupted
 from bfncli.hub import HUB_SPEC_HELP, is_hub_spec
-from bfncli.options import eval_flags, eval_unconditional, train_config
+from bfncli.options import eval_flags, eval_unconditional, refuse_likelihood_flags, train_config
 from bfncli.specs import local_checkpoint
 
 app = typer.Typer(
@@ -182,11 +182,7 @@ def eval_(
     unconditional = eval_unconditional(class_)
     path = local_checkpoint(checkpoint)  # before torch is imported: a bad spec or download fails at once
     if samples is not None:
-        likelihood = [name for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size),
-                                               ("--class", class_)) if value is not None]
-        if likelihood:
-            raise UserError(f"{'/'.join(likelihood)} set the likelihood estimate, which --samples replaces by sample "
-                            f"quality; drop {' '.join(likelihood)}")
+        refuse_likelihood_flags(steps, repeats, batch_size, class_)
         from bfncli.jobs.quality import run_quality
 
         run_quality(samples, path, runs_dir, sets=sets, as_json=as_json, deterministic=deterministic, overrides=flags)

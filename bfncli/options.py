@@ -83,3 +83,13 @@ def eval_unconditional(class_: Optional[str]) -> bool:
         raise UserError(f"--class takes only 'none' (the unconditional likelihood), not {class_!r}: the "
                         "conditional likelihood uses each example's own class")
     return class_ is not None
+
+
+def refuse_likelihood_flags(steps: Optional[int], repeats: Optional[int], batch_size: Optional[int],
+                            class_: Optional[str]) -> None:
+    """``bfn eval --samples`` measures sample quality: the likelihood's own flags make no sense with it."""
+    likelihood = [name for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size),
+                                           ("--class", class_)) if value is not None]
+    if likelihood:
+        raise UserError(f"{'/'.join(likelihood)} set the likelihood estimate, which --samples replaces by sample "
+                        f"quality; drop {' '.join(likelihood)}")
