@@ -179,7 +179,8 @@ def load(checkpoint: Optional[PathLike] = None, *, runs_dir: PathLike = "runs",
 
     Args:
         checkpoint: a bfn ``.safetensors`` file; a run folder (its newest intact checkpoint);
-            ``hf://OWNER/REPO/FILE[@REVISION]``; or ``official:NAME`` with NAME one of mnist,
+            ``hf://OWNER/REPO[@REVISION]/FILE`` (or the file's https://huggingface.co/... address);
+            or ``official:NAME`` with NAME one of mnist,
             cifar10-256d, cifar10-16d, cifar10-256c, cifar10-16c, text8 (downloaded once, converted
             from the official ``.pt``). None: the newest checkpoint under ``runs_dir``.
         runs_dir: where runs live (``--runs-dir``).
@@ -192,7 +193,7 @@ def load(checkpoint: Optional[PathLike] = None, *, runs_dir: PathLike = "runs",
         BFNError: a missing, damaged or foreign file, a bad spec, a failed download.
     """
     from bfncli.checkpoint import load_model
-    from bfncli.hub import local_checkpoint
+    from bfncli.specs import local_checkpoint
     from bfncli.jobs.runtime import default_device, resolve_checkpoint
 
     spec = None if checkpoint is None else str(checkpoint)
