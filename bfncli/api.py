@@ -2,7 +2,7 @@
 
     import bfncli as bfn
 
-    model = bfn.load("official:mnist")                # any --checkpoint SPEC: a file, a run folder, hf://, official:NAME
+    model = bfn.load("official:mnist")                # any --checkpoint SPEC: file, run folder, hf://, official:NAME
     x = model.sample(16, steps=20)                    # a tensor in the data's layout
     report = model.evaluate(steps=784, repeats=10)    # the dict of `bfn eval --json`
     loss = model.loss(batch)                          # differentiable, for your own loop
@@ -15,6 +15,8 @@ the commands' flags with the same names and defaults (None: what the command doe
 flag), so a call gives what the command gives. Anything a user can get wrong raises
 :class:`bfncli.BFNError` with the command's one-line message; nothing is written to standard output;
 ``progress=False`` turns the progress bars off. Torch is imported when a function first needs it.
+Like the commands, sampling, evaluating and training set torch's float32 matmul precision ("high",
+or "highest" with ``deterministic=True``, which also turns on torch's deterministic algorithms).
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ def _signal_handlers() -> dict:
 # ------------------------------------------------------------------------------------ load
 @_memory_errors
 def load(checkpoint: Optional[PathLike] = None, *, runs_dir: PathLike = "runs",
-         device: Union[str, "torch.device", None] = None) -> "Model":
+         device: Union[str, "torch.device", None] = None, progress: bool = True) -> "Model":
     """Load a checkpoint: what ``bfn sample`` and ``bfn eval`` take as ``--checkpoint SPEC``.
 
     Args:
@@ -185,6 +187,7 @@ def load(checkpoint: Optional[PathLike] = None, *, runs_dir: PathLike = "runs",
             from the official ``.pt``). None: the newest checkpoint under ``runs_dir``.
         runs_dir: where runs live (``--runs-dir``).
         device: where the model runs (default: the GPU if there is one, else the CPU).
+        progress: False: no progress bar while reading a big checkpoint.
 
     Returns:
         A :class:`Model` (in eval mode).
@@ -198,7 +201,7 @@ def load(checkpoint: Optional[PathLike] = None, *, runs_dir: PathLike = "runs",
 
     spec = None if checkpoint is None else str(checkpoint)
     path = resolve_checkpoint(local_checkpoint(spec), Path(runs_dir), announce=False)
-    module, info = load_model(path, "cpu")
+    module, info = load_model(path, "cpu", quiet=not progress)
     return Model(module, info).to(device if device is not None else default_device())
 
 

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -174,11 +175,15 @@ def test_training_gives_the_commands_checkpoint(trained):
     assert run.metrics["step"] == 3 and run.metrics["val_step"] == 2
 
 
-def test_a_config_object_trains_as_it_says(tmp_path):
+def test_a_config_object_trains_as_it_says_also_in_a_thread(tmp_path):
     cfg = bfn.config("default", {**TINY_SETS, "train.steps": 1})
     assert cfg == bfn.config(sets=[f"{k}={v}" for k, v in TINY_SETS.items()] + ["train.steps=1"])
-    run = bfn.train(config=cfg, runs_dir=tmp_path, run_name="obj", progress=False)
-    assert run.step == 1 and (run.run_dir / "config.yaml").read_text() == cfg.to_yaml()
+    runs = []  # a thread cannot set signal handlers: training there goes without them
+    thread = threading.Thread(target=lambda: runs.append(bfn.train(config=cfg, runs_dir=tmp_path, run_name="obj",
+                                                                   progress=False)))
+    thread.start()
+    thread.join()
+    assert runs and runs[0].step == 1 and (runs[0].run_dir / "config.yaml").read_text() == cfg.to_yaml()
 
 
 def test_ctrl_c_in_training_is_a_keyboard_interrupt_and_the_handlers_come_back(tmp_path, monkeypatch):

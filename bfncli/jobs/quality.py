@@ -70,7 +70,8 @@ def measure_quality(samples: Tensor, meta: dict[str, str], name: Optional[str], 
     from bfncli.config import resolve_config
 
     cfg = resolve_config(base=info.config.to_dict(), sets=sets, flags=overrides)
-    kind = _check_fit(samples, meta, cfg, f"'{name}'" if name else "the samples", info.path)  # before the devices and processes are set up
+    where = f"'{name}'" if name else "the samples"
+    kind = _check_fit(samples, meta, cfg, where, info.path)  # before the devices and processes are set up
     runtime = setup(deterministic)
     if kind == "text":
         result = text_quality(samples, cfg.data)
