@@ -425,13 +425,14 @@ class Model:
         import torch
 
         from bfncli.jobs.quality import measure_quality
-        from bfncli.samples_file import read_samples
+        from bfncli.samples_file import check_samples, read_samples
 
         if isinstance(samples, (str, Path)):
             x, meta = read_samples(Path(samples))
             name: Optional[str] = str(samples)
         elif isinstance(samples, torch.Tensor):
             x, meta, name = samples.detach().cpu(), {"kind": self.kind}, None
+            check_samples({"samples": x}, meta, "the samples")
         else:
             raise BFNError(f"samples= takes a tensor of samples or a samples file, not a {type(samples).__name__}")
         return measure_quality(x, meta, name, self.info, flags, sets or [], deterministic, progress, self.device)
@@ -529,7 +530,7 @@ def render(samples: Union["Tensor", PathLike], output: Optional[PathLike] = None
         if source.is_dir():
             return render_run(source, out)
         tensors, meta = read_samples_file(source)
-        return render_samples(tensors, meta, out, cols, f"'{source}'")
+        return render_samples(tensors, meta, out, cols)
     tensors, meta = _samples_of(samples, classes, class_names)
     return render_samples(tensors, meta, out, cols)
 
@@ -540,7 +541,7 @@ def _samples_of(samples, classes, class_names) -> tuple[dict, dict[str, str]]:
 
     import torch
 
-    from bfncli.samples_file import SAMPLES_FORMAT
+    from bfncli.samples_file import SAMPLES_FORMAT, check_samples
 
     if not isinstance(samples, torch.Tensor):
         raise BFNError(f"render takes samples (a tensor), a samples file or a run folder, not a "
@@ -559,6 +560,7 @@ def _samples_of(samples, classes, class_names) -> tuple[dict, dict[str, str]]:
     if classes is not None:
         tensors["classes"] = torch.as_tensor(classes).cpu()
         meta["class_names"] = json.dumps(list(class_names or []))
+    check_samples(tensors, meta, "the samples")  # what every reader of a samples file checks
     return tensors, meta
 
 
