@@ -431,7 +431,9 @@ class Model:
             x, meta = read_samples(Path(samples))
             name: Optional[str] = str(samples)
         elif isinstance(samples, torch.Tensor):
-            x, meta, name = samples.detach().cpu(), {"kind": self.kind}, None
+            flow = self.module.flow  # the model's own bins, as bfn sample records them
+            bins = str(flow.n_classes) if self.module.discrete else str(flow.num_bins or "")
+            x, meta, name = samples.detach().cpu(), {"kind": self.kind, "num_bins": bins}, None
             check_samples({"samples": x}, meta, "the samples")
         else:
             raise BFNError(f"samples= takes a tensor of samples or a samples file, not a {type(samples).__name__}")
@@ -541,7 +543,7 @@ def _samples_of(samples, classes, class_names) -> tuple[dict, dict[str, str]]:
 
     import torch
 
-    from bfncli.samples_file import SAMPLES_FORMAT, check_samples
+    from bfncli.samples_file import SAMPLES_FORMAT
 
     if not isinstance(samples, torch.Tensor):
         raise BFNError(f"render takes samples (a tensor), a samples file or a run folder, not a "
@@ -551,16 +553,15 @@ def _samples_of(samples, classes, class_names) -> tuple[dict, dict[str, str]]:
         kind = "discretized_image"
     elif x.dim() == 2:
         kind = "text"
-    elif x.dim() == 4:
-        kind = "binary_image"
     else:
+        kind = "binary_image"
+    if x.dim() != (2 if kind == "text" else 4) or not x.numel():
         raise BFNError(f"samples must be images (N, H, W, C) or texts (N, L); these are {tuple(x.shape)}")
     tensors = {"samples": x}
     meta = {"format": SAMPLES_FORMAT, "kind": kind}
     if classes is not None:
         tensors["classes"] = torch.as_tensor(classes).cpu()
         meta["class_names"] = json.dumps(list(class_names or []))
-    check_samples(tensors, meta, "the samples")  # what every reader of a samples file checks
     return tensors, meta
 
 
