@@ -187,10 +187,11 @@ def test_a_config_object_trains_as_it_says_also_in_a_thread(tmp_path):
 
 
 def test_ctrl_c_in_training_is_a_keyboard_interrupt_and_the_handlers_come_back(tmp_path, monkeypatch):
-    from bfncli.jobs.fault_injection import Faults
+    from bfncli.jobs.train import Trainer
 
-    monkeypatch.setattr(Faults, "at_micro_step", lambda self, step, micro: step == 1 and signal.raise_signal(
-        signal.SIGINT))
+    classes = Trainer._classes  # called in every micro-step: Ctrl-C arrives during step 1 (the second)
+    monkeypatch.setattr(Trainer, "_classes", lambda self, index, step, slot: (
+        step == 1 and signal.raise_signal(signal.SIGINT), classes(self, index, step, slot))[1])
     before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt, match="resume='auto'"):
         bfn.train(sets=TINY_SETS, max_steps=5, runs_dir=tmp_path, run_name="stop", progress=False)
@@ -325,4 +326,4 @@ def test_the_readme_examples_run_as_written(runs, tmp_path, monkeypatch, capsys)
     assert (tmp_path / "grid.png").exists() and (tmp_path / "sevens.png").exists()
     assert bfn.load("finetuned.safetensors", device="cpu").class_names == [str(i) for i in range(10)]
     printed = [line for line in capsys.readouterr().out.splitlines() if line]
-    assert len(printed) == 4 and all(line.startswith("in_the_beginning") for line in printed)  # _ = space
+    assert len(printed) == 4 and all(line.startswith("in the beginning") for line in printed)
