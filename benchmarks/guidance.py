@@ -21,9 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bfncli.checkpoint import load_model
-from bfncli.jobs.quality import image_quality
-from bfncli.jobs.sample import draw_samples
+import bfncli as bfn
 from bfncli.metrics.classifier import classifier_for
 from bfncli.samplers import choose
 
@@ -39,25 +37,27 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    model, info = load_model(args.checkpoint)
-    cfg = info.config
+    model = bfn.load(args.checkpoint, device="cpu")
+    cfg = model.config
     k = cfg.network.num_classes
     if not k:
         sys.exit(f"{args.checkpoint} is not a class-conditional model")
     classifier = classifier_for(cfg.data, progress=False)
-    method, steps = choose(args.sampler, args.steps, model.discrete)
-    if steps < method.min_steps:
-        sys.exit(f"--steps {args.steps} is too few for the {method.name} sampler")
+    method, steps = choose(args.sampler, args.steps, model.module.discrete)  # (what auto picks, for the summary)
     labels = torch.arange(k).repeat_interleave(args.per_class)
     rows = []
     for w in (float(x) for x in args.guidance.split(",")):
         start = time.perf_counter()
-        samples = draw_samples(model, len(labels), method, steps, args.seed, 500, "cpu", labels=labels, guidance=w)
+        try:
+            samples = model.sample(len(labels), sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=500,
+                                   classes=labels, guidance=w, progress=False)
+        except bfn.BFNError as err:
+            sys.exit(str(err))
         predicted, _ = classifier.predict_classes(samples)
         hits = (predicted == labels).float()
         accuracy = hits.mean().item()
         per_class = [hits[labels == c].mean().item() for c in range(k)]
-        fd = image_quality(samples, cfg.data, seed=args.seed, progress=False)
+        fd = model.evaluate(samples=samples, seed=args.seed, progress=False)
         rows.append({"w": w, "accuracy": accuracy, "stderr": math.sqrt(accuracy * (1 - accuracy) / len(labels)),
                      "worst_class": min(per_class), "fd": fd["fd"], "fd_std": fd["fd_std"]})
         print(f"w = {w:g}: accuracy {accuracy:.3f} +- {rows[-1]['stderr']:.3f} (worst class {min(per_class):.2f}), "

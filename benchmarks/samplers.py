@@ -28,17 +28,16 @@ import sys
 import time
 from pathlib import Path
 
-from bfncli.checkpoint import load_model
-from bfncli.jobs.quality import image_quality, text_quality
+import bfncli as bfn
 from bfncli.jobs.sample import draw_samples
 from bfncli.samplers import SAMPLERS, choose
 
 
-def measure(model, cfg, samples, seed):
-    if model.discrete and model.flow.n_classes > 2:
-        r = text_quality(samples, cfg.data)
+def measure(model, samples, seed):
+    """What `bfn eval --samples` says of them."""
+    r = model.evaluate(samples=samples, seed=seed, progress=False)
+    if r["measure"] == "spelling":
         return {"value": r["spelling_accuracy"], "noise": r["spelling_stderr"], "words": r["n_words"]}
-    r = image_quality(samples, cfg.data, seed=seed, progress=False)
     return {"value": r["fd"], "noise": r["fd_std"], "mmd2": r["mmd2"], "mmd2_noise": r["mmd2_stderr"],
             "fd_heldout": r["fd_heldout"], "classifier_accuracy": r["classifier_test_accuracy"]}
 
@@ -60,9 +59,9 @@ def main(argv=None):
                              "are kept and not measured again, so a long benchmark can be run in parts")
     args = parser.parse_args(argv)
 
-    model, info = load_model(args.checkpoint)
-    cfg = info.config
-    text = model.discrete and model.flow.n_classes > 2
+    model = bfn.load(args.checkpoint, device="cpu")
+    cfg = model.config
+    text = model.kind == "text"
     label = "spelling accuracy" if text else "FD (classifier features)"
     nfes = [int(n) for n in args.nfe.split(",")]
     names = args.samplers.split(",")
@@ -71,7 +70,7 @@ def main(argv=None):
         for n in nfes:
             if any(r["sampler"] == name and r["nfe"] == n for r in results):
                 continue
-            method, steps = choose(name, n, model.discrete) if name == "auto" else (SAMPLERS[name], None)
+            method, steps = choose(name, n, model.module.discrete) if name == "auto" else (SAMPLERS[name], None)
             if args.grid and method.takes_eta:
                 method = dataclasses.replace(method, options=(*method.options, ("grid", args.grid)))
             steps = steps if steps is not None else method.steps_for(n)
@@ -83,11 +82,12 @@ def main(argv=None):
                 save(args, label, results)
                 continue
             start = time.perf_counter()
-            samples = draw_samples(model, args.samples, method, steps, args.seed, args.batch_size, "cpu",
+            # (the sampler itself, with the --grid option the API does not offer)
+            samples = draw_samples(model.module, args.samples, method, steps, args.seed, args.batch_size, "cpu",
                                    eta=args.eta if method.takes_eta else None)
             seconds = time.perf_counter() - start
             row = {"sampler": name, "chosen": method.name, "nfe": method.evaluations(steps), "seconds": seconds,
-                   **measure(model, cfg, samples, args.seed)}
+                   **measure(model, samples, args.seed)}
             results.append(row)
             extra = f"  MMD2 {row['mmd2']:.5f} +- {row['mmd2_noise']:.5f}" if "mmd2" in row else ""
             print(f"{name:>6} ({method.name}) NFE {row['nfe']:>5}: {label} {row['value']:.4f} +- {row['noise']:.4f}"

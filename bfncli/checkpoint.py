@@ -160,8 +160,8 @@ def read_info(path: Path) -> CheckpointInfo:
     return CheckpointInfo(Path(path), cfg, meta.get("weights", "?"), int(step), meta)
 
 
-def load_tensors(path: Path, device: str = "cpu") -> dict[str, Tensor]:
-    """Every tensor of a safetensors file, in file order, with a progress bar for big files."""
+def load_tensors(path: Path, device: str = "cpu", quiet: bool = False) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file, in file order, with a progress bar for big files (unless ``quiet``)."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -169,7 +169,7 @@ def load_tensors(path: Path, device: str = "cpu") -> dict[str, Tensor]:
             names = list(f.keys())
             expected = (f.metadata() or {}).get(CHECKSUM)
             tensors = {name: f.get_tensor(name) for name in progress(names, len(names), f"reading {Path(path).name}",
-                                                                     Path(path).stat().st_size)}
+                                                                     0 if quiet else Path(path).stat().st_size)}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise InputError(f"cannot read the tensors of '{path}' ({_short(err)}); is the file truncated?") from None
     # Files written before checksums existed have none: they load as they always did.
@@ -215,7 +215,7 @@ def check_dtypes(expected: dict[str, Tensor], got: dict[str, Tensor], what: str)
                              "valid checkpoint")
 
 
-def load_model(path: Path, device: str = "cpu", cfg: Optional[BFNConfig] = None):
+def load_model(path: Path, device: str = "cpu", cfg: Optional[BFNConfig] = None, quiet: bool = False):
     """Build the BFN a checkpoint describes and load its weights. Returns (model, info).
 
     The network is built on the meta device (shapes, no memory, no random initialisation: on the
@@ -227,7 +227,7 @@ def load_model(path: Path, device: str = "cpu", cfg: Optional[BFNConfig] = None)
     with torch.device("meta"):
         net = make_network(cfg)
     model = BFN(cfg, net)
-    tensors = load_tensors(path)
+    tensors = load_tensors(path, quiet=quiet)
     expected = model.net.state_dict()
     check_state_dict(expected, tensors, f"checkpoint '{path}'")
     check_dtypes(expected, tensors, f"checkpoint '{path}'")

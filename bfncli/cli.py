@@ -12,14 +12,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 
 from bfncli import completion
-from bfncli.errors import InputError, Interrupted, UserError, raise_interrupted
+from bfncli.errors import Interrupted, UserError, out_of_memory_message, raise_interrupted
 from bfncli.hub import HUB_SPEC_HELP, is_hub_spec
 from bfncli.log import NORMAL, QUIET, VERBOSE, logger, resolved_config, set_verbosity
+from bfncli.options import eval_flags, eval_unconditional, refuse_likelihood_flags, train_config
 from bfncli.specs import local_checkpoint
 
 HELP_OPTIONS = ["-h", "--help"]
@@ -43,7 +44,8 @@ SetOpt = typer.Option(
 RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", help="Where runs live.", envvar="BFN_RUNS_DIR")
 CheckpointOpt = typer.Option(
     None, "--checkpoint", metavar="SPEC", autocompletion=completion.checkpoints,
-    help=f"A bfn .safetensors file, {HUB_SPEC_HELP} (default: the newest checkpoint under --runs-dir).",
+    help=f"A bfn .safetensors file, a run folder (its newest checkpoint), {HUB_SPEC_HELP} (default: the newest "
+         "checkpoint under --runs-dir).",
 )
 DataOpt = typer.Option(None, "--data", help="Your own data: an image folder, a text file or a .safetensors/.npy tensor.")
 DataDirOpt = typer.Option(None, "--data-dir", help="Where the paper's datasets are kept (default ./data).")
@@ -93,20 +95,6 @@ def _root(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Train, evaluate and sample Bayesian Flow Networks (Graves et al., 2023)."""
-
-
-def _flags(**paths: Any) -> dict[str, Any]:
-    """{"train.steps": 5, "data.path": None} -> {"train": {"steps": 5}} (None = not given)."""
-    out: dict[str, Any] = {}
-    for dotted, value in paths.items():
-        if value is None:
-            continue
-        node = out
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = str(value) if isinstance(value, Path) else value
-    return out
 
 
 # ------------------------------------------------------------------------------- train
@@ -160,24 +148,11 @@ def train(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Train a BFN (continuous-time loss, EMA, crash-safe checkpoints, exact resume)."""
-    from bfncli.config import resolve_config
-
     if list_presets:
         _print_presets(as_json)
         return
-    cfg = resolve_config(
-        preset=preset,
-        config_file=config,
-        sets=sets,
-        flags=_flags(**{
-            "data.path": data,
-            "data.dataset": _dataset_for(data),
-            "data.data_dir": data_dir,
-            "train.steps": max_steps,
-            "train.checkpoint_every": checkpoint_every,
-            "train.seed": seed,
-        }),
-    )
+    cfg = train_config(preset=preset, config_file=config, sets=sets, data=data, data_dir=data_dir,
+                       max_steps=max_steps, checkpoint_every=checkpoint_every, seed=seed)
     resolved_config(cfg)
     if dry_run:
         sys.stdout.write(cfg.to_yaml())
@@ -199,20 +174,6 @@ def _print_presets(as_json: bool = False) -> None:
     for name, description in presets.items():
         mark = " (default)" if name == DEFAULT_PRESET else ""
         typer.echo(f"{name:<{width}}  {description}{mark}")
-
-
-def _dataset_for(path: Optional[Path]) -> Optional[str]:
-    """The dataset kind a --data path implies: a folder of images, a tensor file, or text."""
-    if path is None:
-        return None
-    if not path.exists():
-        raise InputError(f"--data '{path}' does not exist; give an image folder, a text file or a "
-                         ".safetensors/.npy tensor file")
-    if path.is_dir():
-        return "images"
-    if path.suffix.lower() in (".safetensors", ".npy"):
-        return "tensor"
-    return "text"
 
 
 # -------------------------------------------------------------------------------- eval
@@ -264,39 +225,25 @@ def eval_(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Evaluate a checkpoint: the paper's loss with standard errors (nats, bits, per example), or its samples."""
-    for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size)):
-        low = 0 if name == "--steps" else 1
-        if value is not None and value < low:
-            raise UserError(f"{name} must be >= {low}, got {value}")
-    if class_ is not None and class_.strip().lower() != "none":
-        raise UserError(f"--class takes only 'none' (the unconditional likelihood), not {class_!r}: the "
-                        "conditional likelihood uses each example's own class")
+    flags = eval_flags(steps, repeats, batch_size, seed, data, data_dir)
+    unconditional = eval_unconditional(class_)
     path = local_checkpoint(checkpoint)  # before torch is imported: a bad spec or download fails at once
     if samples is not None:
-        likelihood = [name for name, value in (("--steps", steps), ("--repeats", repeats), ("--batch-size", batch_size),
-                                               ("--class", class_)) if value is not None]
-        if likelihood:
-            raise UserError(f"{'/'.join(likelihood)} set the likelihood estimate, which --samples replaces by sample "
-                            f"quality; drop {' '.join(likelihood)}")
+        refuse_likelihood_flags(steps, repeats, batch_size, class_)
         from bfncli.jobs.quality import run_quality
 
-        run_quality(samples, path, runs_dir, sets=sets, as_json=as_json, deterministic=deterministic,
-                    overrides=_flags(**{"eval.seed": seed, "data.data_dir": data_dir, "data.path": data,
-                                        "data.dataset": _dataset_for(data)}))
+        run_quality(samples, path, runs_dir, sets=sets, as_json=as_json, deterministic=deterministic, overrides=flags)
         return
     from bfncli.jobs.evaluate import run_eval
 
     run_eval(
         checkpoint=path,
         runs_dir=runs_dir,
-        overrides=_flags(**{
-            "eval.steps": steps, "eval.repeats": repeats, "eval.batch_size": batch_size, "eval.seed": seed,
-            "data.data_dir": data_dir, "data.path": data, "data.dataset": _dataset_for(data),
-        }),
+        overrides=flags,
         sets=sets,
         as_json=as_json,
         deterministic=deterministic,
-        unconditional=class_ is not None,
+        unconditional=unconditional,
     )
 
 
@@ -495,6 +442,8 @@ def compress(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout (needs -o)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Compress data losslessly with a trained BFN (bits-back coding: the file matches the n-step loss)."""
     path = local_checkpoint(checkpoint)
@@ -521,6 +470,8 @@ def decompress(
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="Where to write (default: SOURCE without .bfnz, or stdout)."),
     force: bool = typer.Option(False, "--force", "-f", help="Overwrite an existing output file."),
+    quiet: bool = QuietOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Decompress a .bfnz file with the checkpoint that compressed it; checked against the original's checksum."""
     path = local_checkpoint(checkpoint)
@@ -613,27 +564,6 @@ def _close_process_group(succeeded: bool) -> None:
         dist_module.destroy_process_group()
     except Exception:  # a peer has already gone: nothing left to shut down cleanly
         pass
-
-
-def out_of_memory_message(err: BaseException) -> Optional[str]:
-    """One line for an allocation that failed (CPU or GPU), saying how much was asked for; None if
-    ``err`` is not about memory."""
-    import re
-
-    text = str(err)
-    cpu = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
-    gpu = re.search(r"Tried to allocate ([\d.]+ [KMGT]?i?B)", text)
-    if cpu:
-        needed = f"{int(cpu.group(1)) / 2**30:.1f} GiB"
-    elif gpu:
-        needed = gpu.group(1)
-    elif isinstance(err, MemoryError) or "out of memory" in text.lower():
-        needed = None
-    else:
-        return None
-    asked = f" (one allocation asked for {needed})" if needed else ""
-    return (f"out of memory{asked}; use a smaller batch (--batch-size, train.batch_size, or more train.accumulate "
-            "steps), fewer samples, or smaller images")
 
 
 def _fail(message: str, code: int, all_processes: bool = False) -> None:

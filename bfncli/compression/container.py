@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bfncli.errors import UserError
+from bfncli.errors import InputError
 
 MAGIC = b"BFNZ"
 VERSION = 1
@@ -34,26 +34,26 @@ def pack(header: dict[str, Any], payload: np.ndarray) -> bytes:
 def unpack(data: bytes, where: str) -> tuple[dict[str, Any], np.ndarray]:
     """Header and payload of a .bfnz file's bytes; one-line errors for anything else."""
     if not data:
-        raise UserError(f"{where} is empty; give a file written by bfn compress")
+        raise InputError(f"{where} is empty; give a file written by bfn compress")
     if data[:4] != MAGIC:
-        raise UserError(f"{where} is not a bfn compressed file (no BFNZ header); give a file written by "
+        raise InputError(f"{where} is not a bfn compressed file (no BFNZ header); give a file written by "
                         "bfn compress")
     if len(data) < _PREFIX.size + 32:
-        raise UserError(f"{where} is truncated ({len(data)} bytes); compress the original again")
+        raise InputError(f"{where} is truncated ({len(data)} bytes); compress the original again")
     _, version, size = _PREFIX.unpack_from(data)
     if version != VERSION:
-        raise UserError(f"{where} has .bfnz format version {version}; this bfn reads version {VERSION}: use the "
+        raise InputError(f"{where} has .bfnz format version {version}; this bfn reads version {VERSION}: use the "
                         "bfn that wrote it")
     body, digest = data[:-32], data[-32:]
     if hashlib.sha256(body).digest() != digest:
-        raise UserError(f"{where} is damaged or truncated (its checksum does not match); compress the original again")
+        raise InputError(f"{where} is damaged or truncated (its checksum does not match); compress the original again")
     try:
         header = json.loads(body[_PREFIX.size:_PREFIX.size + size])
         if not isinstance(header, dict):
             raise ValueError
     except ValueError:
-        raise UserError(f"{where} has a damaged header; compress the original again") from None
+        raise InputError(f"{where} has a damaged header; compress the original again") from None
     words = body[_PREFIX.size + size:]
     if len(words) % 4:
-        raise UserError(f"{where} is damaged (its payload is not whole words); compress the original again")
+        raise InputError(f"{where} is damaged (its payload is not whole words); compress the original again")
     return header, np.frombuffer(words, dtype="<u4").astype(np.uint32)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bfncli.compression.kinds import Kind
-from bfncli.errors import UserError
+from bfncli.errors import InputError
 
 TEXT_ALPHABET = b" abcdefghijklmnopqrstuvwxyz"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -61,13 +61,13 @@ def sniff(data: bytes, name: str) -> str:
 
 def prepare(data: bytes, name: str, model) -> Prepared:
     if not data:
-        raise UserError(f"{name} is empty; there is nothing to compress")
+        raise InputError(f"{name} is empty; there is nothing to compress")
     kind = Kind(model)
     fmt = sniff(data, name)
     text_model = model.discrete and len(kind.shape) == 1
     if fmt == "text":
         if not text_model:
-            raise UserError(f"{name} looks like text, but this model codes {_what(kind)}; give a text model "
+            raise InputError(f"{name} looks like text, but this model codes {_what(kind)}; give a text model "
                             "(--checkpoint) or a .safetensors/.npy file of examples")
         return _text(data, name, kind)
     if fmt == "image":
@@ -105,7 +105,7 @@ def _outside_alphabet(data: bytes, offset: int, name: str) -> None:
     char = text[len(prefix)] if len(text) > len(prefix) else "?"
     line = prefix.count("\n") + 1
     column = len(prefix) - (prefix.rfind("\n") + 1) + 1
-    raise UserError(f"{name}: character {char!r} at line {line}, column {column} (character {len(prefix) + 1}) is "
+    raise InputError(f"{name}: character {char!r} at line {line}, column {column} (character {len(prefix) + 1}) is "
                     "outside the model's alphabet (a-z and space); changing it would not be lossless, so convert the "
                     "text first, e.g. tr -cs 'a-z' ' '")
 
@@ -122,7 +122,7 @@ def _tensor(data: bytes, name: str, fmt: str, kind: Kind) -> Prepared:
         try:
             array = np.load(io.BytesIO(data), allow_pickle=False)
         except (ValueError, OSError, EOFError):
-            raise UserError(f"{name} is not a readable .npy array") from None
+            raise InputError(f"{name} is not a readable .npy array") from None
         tensor = torch.from_numpy(np.ascontiguousarray(array))
     else:
         from safetensors import SafetensorError
@@ -133,13 +133,13 @@ def _tensor(data: bytes, name: str, fmt: str, kind: Kind) -> Prepared:
             size = int.from_bytes(data[:8], "little")
             meta = (json.loads(data[8 : 8 + size]).get("__metadata__") or {})
         except (SafetensorError, ValueError, UnicodeDecodeError):
-            raise UserError(f"{name} is not a readable safetensors file") from None
+            raise InputError(f"{name} is not a readable safetensors file") from None
         key = next((k for k in ("data", "samples") if k in tensors), None)
         if key is None and len(tensors) == 1:
             key = next(iter(tensors))
         if key is None or len(tensors) > 1:
             held = ', '.join(sorted(tensors)) or 'no tensors'
-            raise UserError(f"{name} holds {held}; compress a file that holds the examples alone (one tensor, 'data' "
+            raise InputError(f"{name} holds {held}; compress a file that holds the examples alone (one tensor, 'data' "
                             "or 'samples')")
         tensor = tensors[key]
         info.update(key=key, metadata=meta)
@@ -151,25 +151,25 @@ def _tensor(data: bytes, name: str, fmt: str, kind: Kind) -> Prepared:
 def _examples(tensor: torch.Tensor, name: str, kind: Kind) -> torch.Tensor:
     shape = tuple(kind.shape)
     if tensor.dim() != len(shape) + 1 or tuple(tensor.shape[1:]) != shape or tensor.shape[0] == 0:
-        raise UserError(f"{name} has shape {tuple(tensor.shape)}, but this model codes examples of shape {shape} "
+        raise InputError(f"{name} has shape {tuple(tensor.shape)}, but this model codes examples of shape {shape} "
                         f"(N, {', '.join(map(str, shape))})")
     if kind.discrete:
         if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-            raise UserError(f"{name} holds {str(tensor.dtype).removeprefix('torch.')} values; this model codes class "
+            raise InputError(f"{name} holds {str(tensor.dtype).removeprefix('torch.')} values; this model codes class "
                             f"indices 0..{kind.bins - 1} (integers)")
         x = tensor.long()
         if x.min() < 0 or x.max() >= kind.bins:
-            raise UserError(f"{name} has values outside 0..{kind.bins - 1}, the classes this model codes")
+            raise InputError(f"{name} has values outside 0..{kind.bins - 1}, the classes this model codes")
         return x
     if not tensor.is_floating_point():
-        raise UserError(f"{name} holds {str(tensor.dtype).removeprefix('torch.')} values; this model codes bin "
+        raise InputError(f"{name} holds {str(tensor.dtype).removeprefix('torch.')} values; this model codes bin "
                         f"centres of {kind.bins} bins in [-1, 1] (floats)")
     from bfncli.flows.distributions import quantize
 
     x = tensor.float()
     exact = torch.equal(x.to(tensor.dtype), tensor)
     if not torch.isfinite(x).all() or not torch.equal(quantize(x, kind.bins), x) or not exact:
-        raise UserError(f"{name} has values that are not centres of this model's {kind.bins} bins in [-1, 1]; "
+        raise InputError(f"{name} has values that are not centres of this model's {kind.bins} bins in [-1, 1]; "
                         "only those can be coded losslessly")
     return x
 
@@ -187,17 +187,17 @@ def tensor_from(x: torch.Tensor, info: dict) -> tuple[torch.Tensor, bytes]:
 # -------------------------------------------------------------------------------- pictures
 def _image(data: bytes, name: str, kind: Kind) -> Prepared:
     if kind.discrete or kind.bins != 256:
-        raise UserError(f"{name} is a picture, but this model codes {_what(kind)}; pictures (256 levels) need a model "
+        raise InputError(f"{name} is a picture, but this model codes {_what(kind)}; pictures (256 levels) need a model "
                         "of 256-level images, or give a .safetensors/.npy file of bin centres")
     from PIL import Image
 
     try:
         picture = np.array(Image.open(io.BytesIO(data)).convert("RGB" if kind.shape[-1] == 3 else "L"))
     except Exception as err:  # PIL has many ways to fail on a bad file
-        raise UserError(f"cannot read the picture {name} ({type(err).__name__}); is it a valid PNG or JPEG?") from None
+        raise InputError(f"cannot read the picture {name} ({type(err).__name__}); is it a valid PNG or JPEG?") from None
     pixels = picture.reshape(*picture.shape[:2], -1)
     if tuple(pixels.shape) != tuple(kind.shape):
-        raise UserError(f"{name} is {pixels.shape[1]}x{pixels.shape[0]} with {pixels.shape[2]} channel(s); this model "
+        raise InputError(f"{name} is {pixels.shape[1]}x{pixels.shape[0]} with {pixels.shape[2]} channel(s); this model "
                         f"codes {kind.shape[1]}x{kind.shape[0]} pictures with {kind.shape[2]}")
     x = (torch.from_numpy(pixels.astype(np.float32)) * 2 + 1) / 256 - 1  # the centre of bin v of 256
     info = {"type": "image", "shape": list(pixels.shape)}

@@ -6,7 +6,15 @@
 - :mod:`~bfncli.config.layers`: a config from its layers (defaults < preset < YAML file < ``BFN_*``
   environment < ``--set`` < the commands' flags) through pydantic-settings' sources, and one-line
   errors that name the key and where its value came from.
+
+The package is callable, so that ``import bfncli as bfn; bfn.config("cifar10-256d",
+{"train.batch_size": 64})`` gives a validated config: calling it is :func:`bfncli.api.config`.
 """
+
+import sys
+import types
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from bfncli.config.layers import (RESERVED_ENV, _WARNED, deep_merge, describe_validation_error, known_paths,
                                   parse_sets, resolve_config, validate_config)
@@ -23,3 +31,17 @@ __all__ = [
     "parse_value", "presets_dir", "resolve_config", "validate_config",
     "_WARNED",  # the unknown variables already warned about: a test's fresh `bfn` call clears it
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """This package, callable: ``bfncli.config(preset, sets, file=...)`` is :func:`bfncli.api.config`
+    (``bfncli.config`` is this package, so the function cannot have the name itself)."""
+
+    def __call__(self, preset: Optional[str] = None, sets: Union[Sequence[str], Mapping[str, Any], None] = None, *,
+                 file: Optional[Path] = None) -> BFNConfig:
+        from bfncli.api import config
+
+        return config(preset, sets, file=file)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

@@ -29,7 +29,7 @@ import os
 from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, get_args
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union, get_args
 
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import EnvSettingsSource, PydanticBaseSettingsSource
@@ -48,7 +48,7 @@ RESERVED_ENV = {"BFN_CACHE_DIR", "BFN_RUNS_DIR"}
 def resolve_config(
     preset: Optional[str] = None,
     config_file: Optional[Path] = None,
-    sets: Optional[list[str]] = None,
+    sets: Union[Sequence[str], Mapping[str, Any], None] = None,
     flags: Optional[dict[str, Any]] = None,
     environ: Optional[Mapping[str, str]] = None,
     base: Optional[dict[str, Any]] = None,
@@ -210,9 +210,19 @@ def _set_path(tree: dict, path: tuple[str, ...], value: Any) -> None:
     node[path[-1]] = value
 
 
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["train.lr=1e-4", ...]`` -> nested dict."""
+def parse_sets(items: Union[Sequence[str], Mapping[str, Any]]) -> dict[str, Any]:
+    """``["train.lr=1e-4", ...]`` (values read as on the command line) or, from Python,
+    ``{"train.lr": 1e-4}`` (values taken as they are) -> nested dict."""
     out: dict[str, Any] = {}
+    if isinstance(items, Mapping):
+        for key, value in items.items():
+            path = tuple(part.strip() for part in str(key).strip().split("."))
+            if not all(path):
+                raise UserError(f"--set expects key.path=value (e.g. --set train.batch_size=64), got '{key}'")
+            _set_path(out, path, value)
+        return out
+    if isinstance(items, str):  # one "key=value", not a sequence of characters
+        items = [items]
     for item in items:
         key, sep, value = item.partition("=")
         path = tuple(part.strip() for part in key.strip().split("."))

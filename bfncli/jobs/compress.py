@@ -23,8 +23,9 @@ import torch
 
 from bfncli import __version__
 from bfncli.atomic_files import atomic_path, file_sha256
-from bfncli.errors import UserError
+from bfncli.errors import InputError, UserError
 from bfncli.jobs.runtime import resolve_checkpoint, setup
+from bfncli.log import bar_disabled, logger
 
 CODEC = "bbans-bitswap-1"  # the coding scheme; a file from another scheme is refused
 SUFFIX = ".bfnz"
@@ -74,7 +75,7 @@ def run_compress(source: Optional[Path], checkpoint: Optional[Path], runs_dir: P
     if as_json:
         sys.stdout.write(json.dumps(summary) + "\n")
     else:
-        sys.stderr.write(_describe(summary) + "\n")
+        logger.info(_describe(summary))
     return summary
 
 
@@ -126,14 +127,14 @@ def run_decompress(source: Optional[Path], checkpoint: Optional[Path], runs_dir:
     data, name = _read_source(source, "a .bfnz file")
     header, payload = container.unpack(data, name)
     if header.get("codec") != CODEC:
-        raise UserError(f"{name} was written with the coding scheme {header.get('codec')!r} (bfn "
+        raise InputError(f"{name} was written with the coding scheme {header.get('codec')!r} (bfn "
                         f"{header.get('bfn_version')}); this bfn reads {CODEC}: use the bfn that wrote it")
     output = _output_path(output, source, _strip_suffix, force, "decompressed file")
     if checkpoint is None and Path(header.get("checkpoint", "")).is_file():
         checkpoint = Path(header["checkpoint"])
     model, path, weights, runtime = _load(checkpoint, runs_dir)
     if weights != header.get("weights_sha256"):
-        raise UserError(f"{name} was compressed with another checkpoint ({header.get('checkpoint')}, weights "
+        raise InputError(f"{name} was compressed with another checkpoint ({header.get('checkpoint')}, weights "
                         f"{str(header.get('weights_sha256'))[:12]}); '{path}' has weights {weights[:12]}: pass the "
                         "checkpoint that compressed it with --checkpoint")
     n, batch = int(header["steps"]), int(header["batch_size"])
@@ -162,7 +163,7 @@ def run_decompress(source: Optional[Path], checkpoint: Optional[Path], runs_dir:
                         f"written; {where}", exit_code=1)
     _write_with(write, output)
     if output is not None:
-        sys.stderr.write(f"{name} -> {output}: checked against the original's checksum\n")
+        logger.info(f"{name} -> {output}: checked against the original's checksum")
     return output
 
 
@@ -220,13 +221,13 @@ def _read_source(source: Optional[Path], what: str) -> tuple[bytes, str]:
         return sys.stdin.buffer.read(), "standard input"
     source = Path(source)
     if source.is_dir():
-        raise UserError(f"'{source}' is a folder; give one file")
+        raise InputError(f"'{source}' is a folder; give one file")
     try:
         return source.read_bytes(), f"'{source}'"
     except FileNotFoundError:
-        raise UserError(f"'{source}' does not exist") from None
+        raise InputError(f"'{source}' does not exist") from None
     except OSError as err:
-        raise UserError(f"cannot read '{source}': {err.strerror or err}") from None
+        raise InputError(f"cannot read '{source}': {err.strerror or err}") from None
 
 
 def _strip_suffix(source: Path) -> Path:
@@ -284,6 +285,6 @@ def _write_with(write, output: Optional[Path]) -> None:
 def _bar(total: int, label: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=label, unit="step", file=sys.stderr, disable=None, dynamic_ncols=True,
+    return tqdm(total=total, desc=label, unit="step", file=sys.stderr, disable=bar_disabled(), dynamic_ncols=True,
                 leave=False)
 

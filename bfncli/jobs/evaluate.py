@@ -42,9 +42,21 @@ def run_eval(
     runtime = setup(deterministic)
     path = resolve_checkpoint(checkpoint, runs_dir, announce=runtime.is_main)
     model, info = load_model(path, "cpu")
-    cfg = resolve_config(base=info.config.to_dict(), sets=sets, flags=overrides)
-    resolved_config(cfg)
     model.to(runtime.device)
+    result, cfg = evaluate_model(model, info, runtime, overrides, sets, unconditional)
+    if runtime.is_main:
+        sys.stdout.write(json.dumps(result) + "\n" if as_json else format_report(result, cfg))
+    return result
+
+
+def evaluate_model(model, info, runtime: Runtime, overrides: dict[str, Any], sets, unconditional: bool = False,
+                   progress: bool = True, weights: Optional[str] = None) -> tuple[dict[str, Any], Any]:
+    """The work of ``bfn eval``, on a loaded model (on ``runtime.device``) and its checkpoint's
+    ``info``: the report (what ``--json`` prints) and the config it was made with. ``weights``: a
+    digest of the weights where they may differ from the checkpoint's (resumed repeats are kept
+    under it)."""
+    cfg = resolve_config(base=model.cfg.to_dict(), sets=sets, flags=overrides)
+    resolved_config(cfg)
     classes = _classes_mode(cfg, unconditional)
     examples = _eval_examples(cfg, model, labels=classes == "labels")
     e = cfg.eval
@@ -54,11 +66,10 @@ def run_eval(
     if compiled.wanted(e.compile, runtime.device, e.repeats * math.ceil(len(examples) / e.batch_size)):
         compiled.compile_loss(model, runtime.device)
     result = estimate(model, examples, e.steps, e.repeats, e.batch_size, e.seed, runtime,
-                      state_key=_state_key(info, cfg, examples, classes), progress=runtime.is_main, classes=classes)
-    result.update(checkpoint=str(path), weights=info.weights, step=info.step, classes=classes)
-    if runtime.is_main:
-        sys.stdout.write(json.dumps(result) + "\n" if as_json else format_report(result, cfg))
-    return result
+                      state_key=_state_key(info, cfg, examples, classes, weights),
+                      progress=progress and runtime.is_main, classes=classes)
+    result.update(checkpoint=str(info.path), weights=info.weights, step=info.step, classes=classes)
+    return result, cfg
 
 
 def _classes_mode(cfg, unconditional: bool) -> Optional[str]:
@@ -225,14 +236,14 @@ def _pm(mean: float, err: float) -> str:
 
 
 # --------------------------------------------------------------------------- resumable state
-def _state_key(info, cfg, examples, classes: Optional[str]) -> str:
+def _state_key(info, cfg, examples, classes: Optional[str], weights: Optional[str] = None) -> str:
     """What finished repeats are kept under: the checkpoint's weights, its config (the network that
     runs the weights) and the data by their content (changed data, weights or network never return
     stale numbers), the settings, and this bfn's version."""
     from bfncli import __version__
     from bfncli.checkpoint import CHECKSUM
 
-    weights = info.metadata.get(CHECKSUM) or file_sha256(info.path)
+    weights = weights or info.metadata.get(CHECKSUM) or file_sha256(info.path)
     ident = {
         "weights": weights, "checkpoint_config": info.metadata.get("config"), "network": cfg.network.model_dump(),
         "data": examples.fingerprint(), "eval": cfg.eval.model_dump(exclude={"repeats"}),

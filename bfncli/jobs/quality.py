@@ -44,7 +44,6 @@ MMD_REFERENCE = (1000, 10000)  # reference images for MMD: as many as samples, w
 def run_quality(samples_path: Path, checkpoint: Optional[Path], runs_dir: Path, overrides: dict[str, Any],
                 sets: list[str], as_json: bool = False, deterministic: bool = False) -> dict[str, Any]:
     from bfncli.checkpoint import read_info
-    from bfncli.config import resolve_config
     from bfncli.samples_file import read_samples
 
     samples, meta = read_samples(samples_path)
@@ -58,19 +57,31 @@ def run_quality(samples_path: Path, checkpoint: Optional[Path], runs_dir: Path, 
             logger.info(f"using checkpoint {checkpoint} (it drew {samples_path})")
         announce = False
     path = resolve_checkpoint(checkpoint, runs_dir, announce=announce)
-    info = read_info(path)
+    result = measure_quality(samples, meta, str(samples_path), read_info(path), overrides, sets, deterministic)
+    if os.environ.get("RANK", "0") == "0":
+        sys.stdout.write(json.dumps(result) + "\n" if as_json else format_quality_report(result))
+    return result
+
+
+def measure_quality(samples: Tensor, meta: dict[str, str], name: Optional[str], info, overrides: dict[str, Any],
+                    sets, deterministic: bool = False, progress: bool = True, device=None) -> dict[str, Any]:
+    """The work of ``bfn eval --samples``: the report on ``samples`` (with the samples file's
+    metadata ``meta``; ``name``: the file they came from, if any) against the data of the checkpoint
+    ``info`` describes, on ``device`` (default: the command's)."""
+    from bfncli.config import resolve_config
+
     cfg = resolve_config(base=info.config.to_dict(), sets=sets, flags=overrides)
     resolved_config(cfg)
-    kind = _check_fit(samples, meta, cfg, samples_path, path)  # before the devices and processes are set up
+    where = f"'{name}'" if name else "the samples"
+    kind = _check_fit(samples, meta, cfg, where, info.path)  # before the devices and processes are set up
     runtime = setup(deterministic)
     if kind == "text":
         result = text_quality(samples, cfg.data)
     else:
-        result = image_quality(samples, cfg.data, cfg.eval.seed, runtime.device, progress=runtime.is_main)
-    result.update(checkpoint=str(path), weights=info.weights, step=info.step, samples=str(samples_path),
+        result = image_quality(samples, cfg.data, cfg.eval.seed, device or runtime.device,
+                               progress=progress and runtime.is_main)
+    result.update(checkpoint=str(info.path), weights=info.weights, step=info.step, samples=name,
                   kind=meta["kind"], sample_steps=_int(meta.get("steps")), sample_seed=_int(meta.get("seed")))
-    if runtime.is_main:
-        sys.stdout.write(json.dumps(result) + "\n" if as_json else format_quality_report(result))
     return result
 
 
@@ -78,7 +89,7 @@ def _int(text: Optional[str]) -> Optional[int]:
     return int(text) if text and text.lstrip("-").isdigit() else None
 
 
-def _check_fit(samples: Tensor, meta: dict[str, str], cfg, samples_path: Path, checkpoint: Path) -> str:
+def _check_fit(samples: Tensor, meta: dict[str, str], cfg, where: str, checkpoint: Path) -> str:
     """The samples' data kind, if they fit the checkpoint's data; else a one-line error."""
     from bfncli.data import data_spec
     from bfncli.model import data_shape
@@ -86,7 +97,6 @@ def _check_fit(samples: Tensor, meta: dict[str, str], cfg, samples_path: Path, c
     kind = DATA_KIND[meta["kind"]]
     flow = cfg.flow
     model_kind = "discretized" if flow.kind == "continuous" else ("binary" if flow.n_classes == 2 else "text")
-    where = f"'{samples_path}'"
     if kind != model_kind:
         raise UserError(f"{where} holds {WHAT[kind]} but {checkpoint} models {WHAT[model_kind]}; measure samples with "
                         "the checkpoint that drew them")

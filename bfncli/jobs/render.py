@@ -7,7 +7,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -112,6 +112,20 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
         tensors, meta = parse_samples(sys.stdin.buffer.read(), "standard input")
     else:
         tensors, meta = read_samples_file(Path(source))
+    result = render_samples(tensors, meta, output, cols)
+    if isinstance(result, str):
+        sys.stdout.write(result)
+        return None
+    if preview and meta["kind"] != "text" and "flow_input" not in tensors:
+        sys.stdout.write(terminal_preview(to_unit(tensors["samples"], meta["kind"]), cols))
+    return result
+
+
+def render_samples(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Path],
+                   cols: Optional[int]) -> Union[Path, str]:
+    """The work of ``bfn render`` on a samples file's tensors and metadata (checked by
+    samples_file.check_samples): the picture (or text file) written, or, for text without
+    ``output``, the text itself."""
     kind = meta["kind"]
     if "flow_input" in tensors:  # complete and sane: see samples_file.check_samples
         return render_trajectory(tensors, meta, output, cols)
@@ -121,8 +135,7 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
             raise UserError("text samples render as text; drop -o, or use -o FILE.txt")
         text = "\n".join(decode(samples, space=" ")) + "\n"
         if output is None:
-            sys.stdout.write(text)
-            return None
+            return text
         with _writing(output) as partial:
             partial.write_text(text)
         logger.info(f"wrote {samples.shape[0]} lines of text to {output}")
@@ -135,8 +148,6 @@ def run_render(source: Optional[Path], output: Optional[Path], cols: Optional[in
         _save_class_rows(images, tensors["classes"], class_names_of(meta), output, cols)
     else:
         _save_png(grid(images, cols), output)
-    if preview:
-        sys.stdout.write(terminal_preview(images, cols))
     logger.info(f"wrote a grid of {samples.shape[0]} {kind.replace('_', ' ')}s to {output}")
     return output
 

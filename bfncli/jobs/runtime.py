@@ -46,9 +46,14 @@ def setup(deterministic: bool = False) -> Runtime:
         state = PartialState(cpu=not torch.cuda.is_available())  # several CPU processes: gloo
         runtime = Runtime(state.device, state.process_index, state.num_processes)
     else:
-        runtime = Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        runtime = Runtime(default_device())
     _describe(runtime, deterministic)
     return runtime
+
+
+def default_device() -> torch.device:
+    """The GPU if there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _describe(runtime: Runtime, deterministic: bool) -> None:
@@ -68,10 +73,22 @@ def _describe(runtime: Runtime, deterministic: bool) -> None:
 
 
 def resolve_checkpoint(checkpoint: Optional[Path], runs_dir: Path, announce: bool = True) -> Path:
-    """The checkpoint given, or the newest one under ``runs_dir`` (named on stderr)."""
+    """The checkpoint given (a run folder: its newest intact checkpoint), or the newest one under
+    ``runs_dir`` (named on stderr)."""
     from bfncli.checkpoint import RELEASE_NAME
-    from bfncli.training_state import MANIFEST, find_latest, verify
+    from bfncli.training_state import MANIFEST, find_latest, find_resumable, verify
 
+    if checkpoint is not None and Path(checkpoint, "checkpoints").is_dir():
+        from bfncli.jobs.run_directory import report_skipped
+
+        newest, skipped = find_resumable(Path(checkpoint))
+        report_skipped(skipped, announce)
+        if newest is None:
+            raise InputError(f"run '{checkpoint}' has no intact checkpoint yet; train it further (bfn train --resume "
+                            "auto) or give a checkpoint file")
+        if announce:
+            logger.info(f"using checkpoint {newest / RELEASE_NAME}")
+        return newest / RELEASE_NAME
     if checkpoint is not None:
         path = Path(checkpoint)
         # A training checkpoint's release file is also checked against its directory's manifest.

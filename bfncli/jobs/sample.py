@@ -79,33 +79,67 @@ def run_sample(
     guidance: Optional[float] = None,
     summary: Optional[Path] = None,
 ) -> Optional[Path]:
-    from bfncli.samplers import choose
-    from bfncli.samplers.known_data import image_condition, text_condition
-
     start = time.perf_counter()
     if summary is not None:
         _check_summary(summary, output, force)
     if output is None:
         _check_stdout()
-    elif output.suffix != ".safetensors":
-        raise UserError(f"samples are written as .safetensors; name the output e.g. '{output.with_suffix('.safetensors')}'")
-    for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--frames", frames)):
-        if value is not None and value < 1:
-            raise UserError(f"{name} must be >= 1, got {value}")
+    else:
+        check_output_name(output)
+    _check_counts(steps, batch_size, frames)
     if frames is not None and not trajectory:
         raise UserError("--frames sets how many steps --trajectory records; add --trajectory, or drop --frames")
-    frames = FRAMES if frames is None else frames
     runtime = setup(deterministic)
     path = resolve_checkpoint(checkpoint, runs_dir)
     if output is not None:
-        _check_output(output, path, force)
+        check_output(output, path, force)
     model, info = load_model(path, "cpu")
+    model.to(runtime.device)
+    count = parse_shape(shape, model, 0)[0] if shape is not None else None
+    tensors, meta = make_samples(
+        model, str(path), runtime.device, count=count, steps=steps, seed=seed, batch_size=batch_size,
+        sampler=sampler, eta=eta, classes=classes, guidance=guidance, prompt=prompt, template=template, image=image,
+        mask=mask, trajectory=trajectory, frames=frames, sets=sets)
+    written = write_samples(tensors, meta, output)
+    if summary is not None:
+        _write_summary(summary, meta, output, time.perf_counter() - start, runtime.device)
+    return written
+
+
+def make_samples(
+    model,
+    checkpoint: str,
+    device,
+    count: Optional[int] = None,
+    steps: Optional[int] = None,
+    seed: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    sampler: Optional[str] = None,
+    eta: Optional[float] = None,
+    classes: Optional[str] = None,
+    guidance: Optional[float] = None,
+    prompt: Optional[str] = None,
+    template: Optional[str] = None,
+    image: Optional[Path] = None,
+    mask: Optional[str] = None,
+    trajectory: bool = False,
+    frames: Optional[int] = None,
+    sets: Optional[list[str]] = None,
+    progress: bool = True,
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """The work of ``bfn sample``, on a loaded model (on ``device``): the tensors and the metadata of
+    a samples file (see the module docstring). ``count``: --shape's N (None: bfn sample's default);
+    ``classes``: --class as written on the command line; the rest as bfn sample's flags."""
+    from bfncli.samplers import choose
+    from bfncli.samplers.known_data import image_condition, text_condition
+
+    _check_counts(steps, batch_size, frames)
+    frames = FRAMES if frames is None else frames
     chosen = {"steps": steps, "seed": seed, "batch_size": batch_size, "sampler": sampler, "eta": eta,
               "guidance": guidance}
-    cfg = resolve_config(base=info.config.to_dict(), sets=sets or [],
+    cfg = resolve_config(base=model.cfg.to_dict(), sets=sets or [],
                          flags={"sample": {k: v for k, v in chosen.items() if v is not None}})
     resolved_config(cfg)
-    model.to(runtime.device)
     kind = samples_kind(model)
     s = cfg.sample
     method, method_steps = choose(s.sampler, s.steps, model.discrete)
@@ -128,7 +162,7 @@ def run_sample(
                             f"in (this model's schedule underflows below t = {lowest:.2g}); use --eta {lowest:.2g} or "
                             "more")
 
-    count = _sample_count(shape, classes, model, kind)
+    count = _sample_count(count, classes, kind)
     condition = None
     if prompt is not None or template is not None:
         if kind != "text":
@@ -146,13 +180,13 @@ def run_sample(
 
     evaluations = method.evaluations(method_steps)
     record_at = _frame_steps(evaluations - 1, frames) if trajectory else set()
-    _require_memory(model, count, min(s.batch_size, count), evaluations, len(record_at), runtime.device)
-    if compiled.wanted(s.compile, runtime.device, evaluations * math.ceil(count / s.batch_size)):
-        compiled.compile_network(model, runtime.device)
+    _require_memory(model, count, min(s.batch_size, count), evaluations, len(record_at), device)
+    if compiled.wanted(s.compile, device, evaluations * math.ceil(count / s.batch_size)):
+        compiled.compile_network(model, device)
     from tqdm import tqdm
 
     bar = tqdm(total=evaluations * math.ceil(count / s.batch_size), desc=f"sample ({method.name})", unit="eval",
-               file=sys.stderr, dynamic_ncols=True, disable=bar_disabled())
+               file=sys.stderr, dynamic_ncols=True, disable=bar_disabled(None if progress else True))
     inputs: dict[int, list[Tensor]] = {}  # chunk -> recorded frames
     predictions: dict[int, list[Tensor]] = {}
     times: dict[int, float] = {}  # evaluation -> t
@@ -164,7 +198,7 @@ def run_sample(
             predictions.setdefault(chunk, []).append(_view_prediction(model, dist).cpu())
             times[i] = t
 
-    samples = draw_samples(model, count, method, method_steps, s.seed, s.batch_size, runtime.device, eta=s.eta,
+    samples = draw_samples(model, count, method, method_steps, s.seed, s.batch_size, device, eta=s.eta,
                            condition=condition, labels=labels, guidance=s.guidance, callback=record)
     bar.close()
     tensors = {"samples": samples.contiguous()}
@@ -177,7 +211,7 @@ def run_sample(
         tensors["known"] = condition.known.expand(count, *model.data_shape).contiguous().to(torch.uint8)
     meta = {
         "format": SAMPLES_FORMAT, "kind": kind, "sampler": method.name, "steps": str(method_steps),
-        "evaluations": str(evaluations), "seed": str(s.seed), "checkpoint": str(path),
+        "evaluations": str(evaluations), "seed": str(s.seed), "checkpoint": checkpoint,
         "shape": json.dumps([count, *model.data_shape]),
         "num_bins": str(model.flow.num_bins or "") if not model.discrete else str(model.flow.n_classes),
     }
@@ -196,10 +230,13 @@ def run_sample(
         from bfncli.data.examples import ALPHABET
 
         meta["alphabet"] = ALPHABET
-    written = _write(tensors, meta, output)
-    if summary is not None:
-        _write_summary(summary, meta, output, time.perf_counter() - start, runtime.device)
-    return written
+    return tensors, meta
+
+
+def _check_counts(steps: Optional[int], batch_size: Optional[int], frames: int) -> None:
+    for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--frames", frames)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be >= 1, got {value}")
 
 
 def _require_memory(model, count: int, batch: int, evaluations: int, frames: int, device) -> None:
@@ -247,11 +284,10 @@ def _class_list(text: str) -> list[str]:
     return entries
 
 
-def _sample_count(shape: Optional[str], classes: Optional[str], model, kind: str) -> int:
+def _sample_count(count: Optional[int], classes: Optional[str], kind: str) -> int:
     """--shape's N; else as many as classes listed (--class 3,3,7); else 16 pictures or 4 texts."""
     listed = len(_class_list(classes)) if classes and "," in classes else None
-    if shape is not None:
-        count = parse_shape(shape, model, 0)[0]
+    if count is not None:
         if listed is not None and listed != count:
             raise UserError(f"--class lists {listed} classes but --shape asks for {count} samples; give one class "
                             "per sample, or one class for all")
@@ -332,7 +368,13 @@ def _check_stdout() -> None:
         raise UserError("samples are binary (safetensors): pipe them (bfn sample | bfn render) or pass -o FILE")
 
 
-def _check_output(output: Path, checkpoint: Path, force: bool) -> None:
+def check_output_name(output: Path) -> None:
+    if Path(output).suffix != ".safetensors":
+        raise UserError(f"samples are written as .safetensors; name the output e.g. "
+                        f"'{Path(output).with_suffix('.safetensors')}'")
+
+
+def check_output(output: Path, checkpoint: Path, force: bool) -> None:
     """Never overwrite the checkpoint being sampled from; anything else only with --force."""
     if output.exists() and checkpoint.exists() and output.resolve() == checkpoint.resolve():
         raise UserError(f"-o '{output}' is the checkpoint being sampled from; choose another output file")
@@ -344,7 +386,8 @@ def _check_output(output: Path, checkpoint: Path, force: bool) -> None:
         raise UserError(f"the output folder '{output.parent}' does not exist")
 
 
-def _write(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Path]) -> Optional[Path]:
+def write_samples(tensors: dict[str, Tensor], meta: dict[str, str], output: Optional[Path]) -> Optional[Path]:
+    """A samples file at ``output`` (atomically), or on standard output where ``output`` is None."""
     from safetensors.torch import save
 
     if output is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from typing import Optional
 
 from bfncli.log import logger
@@ -17,6 +18,8 @@ class StopFlag:
         self._old = {}
 
     def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self  # (the Python API, run from a thread) signals reach the main thread only
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handle)
         return self

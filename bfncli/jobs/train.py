@@ -37,6 +37,7 @@ from bfncli.jobs.run_lock import RunLock
 from bfncli.jobs.runtime import require_memory, setup
 from bfncli.jobs.stop_signals import StopFlag
 from bfncli.jobs.progress_lines import ProgressLines
+from bfncli.jobs.training_result import TrainingResult
 from bfncli.log import bar_disabled, logger, plain_progress
 from bfncli.training_state import (
     load_training_checkpoint,
@@ -99,7 +100,9 @@ def run_training(
     resume: Optional[str] = None,
     deterministic: bool = False,
     init: Optional[str] = None,
-) -> Path:
+    progress: bool = True,
+) -> TrainingResult:
+    """The work of ``bfn train``: the run's folder, its final checkpoint and its last metrics."""
     from bfncli.data import data_spec, load_split
 
     if init and resume:
@@ -123,10 +126,11 @@ def run_training(
                 if runtime.is_main:
                     logger.info(f"run '{run_dir.name}' has already trained its {info.step} steps "
                                 f"({start_path.name}); nothing to do (ask for more with --max-steps)")
-                return start_path / RELEASE_NAME
+                return TrainingResult.of(run_dir, start_path / RELEASE_NAME)
         train_set = load_split(cfg.data, "train", labels=labelled)
         val_set = load_split(cfg.data, "val", labels=labelled) if cfg.train.val_every <= cfg.train.steps else None
-        return Trainer(cfg, run_dir, runtime, train_set, val_set, initial).run(start_path)
+        release = Trainer(cfg, run_dir, runtime, train_set, val_set, initial, progress).run(start_path)
+        return TrainingResult.of(run_dir, release)
     finally:
         lock.release()
 
@@ -161,8 +165,9 @@ def _on_main(runtime, fn):
 
 
 class Trainer:
-    def __init__(self, cfg: BFNConfig, run_dir: Path, runtime, train_set, val_set, initial=None):
+    def __init__(self, cfg: BFNConfig, run_dir: Path, runtime, train_set, val_set, initial=None, progress=True):
         self.cfg = cfg
+        self.progress = progress  # False: no progress bar
         self.initial = initial  # weights to start from (bfn train --init), or None
         self.run_dir = run_dir
         self.runtime = runtime
@@ -333,8 +338,9 @@ class Trainer:
         if t.trackers:
             self.accelerator.init_trackers(self.run_dir.name, config=self.cfg.to_dict())
         bar = tqdm(total=t.steps, initial=state["step"], desc=self.run_dir.name, unit="step", file=sys.stderr,
-                   disable=bar_disabled(), dynamic_ncols=True)
-        lines = ProgressLines(t.steps, state["step"]) if main and plain_progress() else None  # no bar in a log file
+                   disable=bar_disabled(None if self.progress else True), dynamic_ncols=True)
+        # no bar in a log file: plain lines instead
+        lines = ProgressLines(t.steps, state["step"]) if main and self.progress and plain_progress() else None
         if main:
             logger.info(f"run folder: {self.run_dir}")
         metrics_file = self.run_dir / "metrics.jsonl"
