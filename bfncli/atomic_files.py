@@ -75,7 +75,7 @@ def remove_stale_partials(folder: Path) -> list[Path]:
         return removed
     for entry in entries:
         found = re.fullmatch(r"\..+\.partial-(\d+)(\.[A-Za-z0-9]+)?", entry.name)
-        if found is None or not entry.is_file() or _alive(int(found.group(1))):
+        if found is None or not entry.is_file() or process_alive(int(found.group(1))):
             continue
         try:
             entry.unlink()
@@ -85,7 +85,8 @@ def remove_stale_partials(folder: Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (this one included)."""
     if pid == os.getpid():
         return True
     try:

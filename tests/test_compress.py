@@ -156,23 +156,23 @@ def test_character_outside_the_alphabet(call, models, tmp_path):
     source = tmp_path / "bad.txt"
     source.write_bytes(b"hello world\nthe End")
     result = call("compress", source, "--checkpoint", models["text"], "--steps", 2)
-    assert_one_line_error(result, "'\\n'", "line 1, column 12", "alphabet")
+    assert_one_line_error(result, "'\\n'", "line 1, column 12", "alphabet", code=3)
     assert not (tmp_path / "bad.txt.bfnz").exists()
 
 
 def test_empty_input(call, models, tmp_path):
     source = tmp_path / "empty.txt"
     source.write_bytes(b"")
-    assert_one_line_error(call("compress", source, "--checkpoint", models["text"]), "empty")
+    assert_one_line_error(call("compress", source, "--checkpoint", models["text"]), "empty", code=3)
     assert not (tmp_path / "empty.txt.bfnz").exists()
 
 
 def test_data_the_model_cannot_code(call, models, tmp_path):
     result = call("compress", _digits(tmp_path, 256), "--checkpoint", models["discretized"], "-o", tmp_path / "d.bfnz")
-    assert_one_line_error(result, "not centres of this model's 16 bins")
+    assert_one_line_error(result, "not centres of this model's 16 bins", code=3)
     source = tmp_path / "notes.txt"
     source.write_bytes(TEXT_SAMPLE)
-    assert_one_line_error(call("compress", source, "--checkpoint", models["discretized"]), "looks like text")
+    assert_one_line_error(call("compress", source, "--checkpoint", models["discretized"]), "looks like text", code=3)
     assert not list(tmp_path.glob("*.bfnz"))
 
 
@@ -185,14 +185,14 @@ def test_damaged_files_are_refused(call, models, tmp_path, damage):
                      "foreign": b"PK\x03\x04 a zip file", "empty": b""}[damage])
     result = call("decompress", bad, "--checkpoint", models["text"])
     assert_one_line_error(result, {"truncated": "damaged or truncated", "corrupted": "damaged", "foreign": "not a bfn",
-                                   "empty": "empty"}[damage])
+                                   "empty": "empty"}[damage], code=3)
     assert not (tmp_path / "bad").exists()
 
 
 def test_wrong_checkpoint_is_refused(call, models, tmp_path):
     packed = _packed(call, models, tmp_path)
     result = call("decompress", packed, "--checkpoint", models["discretized"], "-o", tmp_path / "out.txt")
-    assert_one_line_error(result, "another checkpoint")
+    assert_one_line_error(result, "another checkpoint", code=3)
     assert not (tmp_path / "out.txt").exists()
 
 

@@ -101,13 +101,16 @@ def test_fixture_weights_give_the_official_outputs(name):
 @pytest.mark.parametrize("name", FIXTURES)
 def test_fixed_position_codes_are_the_official_ones(name):
     # Loading a checkpoint overwrites these buffers, so the output test cannot see them; a model
-    # trained from scratch uses our own. Same float32 operations: exactly equal.
+    # trained from scratch uses our own. The same float32 angles; their sines and cosines are rounded
+    # from float64 (the same bits in every process) where torch's float32 sin is within an ulp of
+    # them: equal to the last bit or the one before it.
     net = build_from_official(official_model(name))
     state = torch.load(CONFORMANCE / name / "official_ema.pt", weights_only=True)
     buffers = dict(net.named_buffers())
     assert buffers
     for key, buffer in buffers.items():
-        assert torch.equal(buffer, state[f"net.{key}"]), key
+        assert torch.allclose(buffer, state[f"net.{key}"], rtol=2.5e-7, atol=1e-7), key
+        assert (buffer != state[f"net.{key}"]).float().mean() < 0.05, key  # most of them to the bit
 
 
 @pytest.mark.parametrize("name", list(FULL_SIZE))
@@ -195,3 +198,31 @@ def test_a_causal_transformer_cannot_skip():
     model["net"]["parameters"]["is_causal"] = True
     with pytest.raises(ValueError):
         build_from_official(model)
+
+
+def test_position_features_are_the_same_bits_in_every_process():
+    """Issue 16 item 0: the fixed Fourier table is float64 libm values rounded once, not torch's float32
+    sin (which once gave a resumed run another table than the uninterrupted one); checked against an
+    independent computation here and in fresh processes with one and two threads."""
+    import math
+    import subprocess
+    import sys
+
+    from bfncli.networks.adapters import fourier_position_features
+
+    h, w, n = 8, 32, 64
+    table = fourier_position_features(h, w, n)
+    # The official float32 angles, then each sine and cosine rounded once from float64: torch's float32
+    # sin differs from these in the last bit here and there, so this fails for the old computation.
+    rows, cols = torch.meshgrid(torch.linspace(-1.0, 1.0, h), torch.linspace(-1.0, 1.0, w), indexing="ij")
+    coords = torch.stack([rows, cols], -1).reshape(-1, 2)
+    bands = torch.stack([torch.linspace(1.0, h / 2, n), torch.linspace(1.0, w / 2, n)])
+    angles = (math.pi * (coords.unsqueeze(-1) * bands).reshape(h * w, -1)).double()
+    expected = torch.cat([angles.sin().float(), angles.cos().float(), coords], -1)
+    assert torch.equal(table, expected)
+    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); "
+            "from bfncli.networks.adapters import fourier_position_features as f; "
+            "sys.stdout.write(f(32, 32, 64).numpy().tobytes().hex())")
+    digests = {subprocess.run([sys.executable, "-c", code, str(threads)], capture_output=True, text=True,
+                              check=True).stdout for threads in (1, 2, 2)}
+    assert digests == {fourier_position_features(32, 32, 64).numpy().tobytes().hex()}

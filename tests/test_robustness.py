@@ -572,7 +572,7 @@ def test_huge_or_unrepresentable_sampling_settings(call, checkpoint, tmp_path):
         assert_one_line_error(result, "--steps 1000000000000 is more than the largest sensible value, 1,000,000")
     flow = call("sample", "--checkpoint", checkpoint, "--steps", 10**6, "--trajectory", "--frames", 10**6,
                 "--shape", "100000,8,8,1", "-o", out)
-    assert_one_line_error(flow, "the recorded flow (750000 frames of 100000 samples) needs at least 35762.8 GiB",
+    assert_one_line_error(flow, "the recorded flow (1000000 frames of 100000 samples) needs at least 47683.8 GiB",
                           "record fewer --frames")
     eta = call("sample", "--checkpoint", checkpoint, "--sampler", "ode", "--eta", "1e-300", "-o", out)
     assert_one_line_error(eta, "--eta 1e-300 is too small for the float32", "use --eta 1.2e-38 or more")

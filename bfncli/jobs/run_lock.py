@@ -18,21 +18,11 @@ import socket
 import time
 from pathlib import Path
 
+from bfncli.atomic_files import process_alive
 from bfncli.errors import UserError
 
 LOCK_NAME = ".lock"
 
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, but belongs to someone else
-        return True
-    except OSError:
-        return False
-    return True
 
 
 class RunLock:
@@ -96,7 +86,7 @@ class RunLock:
             raise UserError(f"run '{self.run_dir.name}' is locked by process {holder.get('pid')} on host "
                             f"{holder.get('host')} (since {holder.get('since', '?')}); wait for it to finish, or if "
                             f"it is gone, delete {self.path}")
-        if not kernel_lock and holder and holder.get("pid") != os.getpid() and _running(int(holder.get("pid", 0))):
+        if not kernel_lock and holder and holder.get("pid") != os.getpid() and process_alive(int(holder.get("pid", 0))):
             os.close(fd)
             raise UserError(self._busy(holder))
         return True

@@ -44,13 +44,23 @@ def float_sinusoid_code(x: Tensor, max_freq: float, dim: int) -> Tensor:
 def fourier_position_features(height: int, width: int, n_bands: int) -> Tensor:
     """(H*W, 4 n_bands + 2): sin and cos of pi * coordinate * band for each pixel's row and column
     coordinates in [-1, 1] and n_bands frequencies from 1 to half the image size, then the two
-    coordinates themselves."""
-    rows, cols = torch.meshgrid(torch.linspace(-1.0, 1.0, height), torch.linspace(-1.0, 1.0, width), indexing="ij")
+    coordinates themselves.
+
+    The sines and cosines of the float32 angles are taken in float64 by the C library and rounded once, so that every
+    process builds the same bits: torch's float32 ``sin`` of this table once came out differently in
+    one process of a run (the second half of the rows, by up to 1.5e-4), and a run resumed in another
+    process then held a different buffer than the uninterrupted one (exact resume, issue 16 item 0)."""
+    cpu = {"device": "cpu"}  # also where the network is built on the meta device
+    rows, cols = torch.meshgrid(torch.linspace(-1.0, 1.0, height, **cpu), torch.linspace(-1.0, 1.0, width, **cpu),
+                                indexing="ij")
     coords = torch.stack([rows, cols], -1).reshape(-1, 2)
-    bands = torch.stack([torch.linspace(1.0, height / 2, n_bands), torch.linspace(1.0, width / 2, n_bands)])
-    # Feature order: (row, band 0..n-1), then (column, band 0..n-1), for sin and then for cos.
-    angles = math.pi * (coords.unsqueeze(-1) * bands).reshape(coords.shape[0], -1)
-    return torch.cat([angles.sin(), angles.cos(), coords], -1)
+    bands = torch.stack([torch.linspace(1.0, height / 2, n_bands, **cpu), torch.linspace(1.0, width / 2, n_bands, **cpu)])
+    # Feature order: (row, band 0..n-1), then (column, band 0..n-1), for sin and then for cos. The
+    # angles are the official code's float32 numbers; their sines and cosines are taken in float64.
+    angles = (math.pi * (coords.unsqueeze(-1) * bands).reshape(coords.shape[0], -1)).tolist()
+    sines = torch.tensor([[math.sin(a) for a in row] for row in angles], dtype=torch.float64, **cpu)
+    cosines = torch.tensor([[math.cos(a) for a in row] for row in angles], dtype=torch.float64, **cpu)
+    return torch.cat([sines.float(), cosines.float(), coords], -1)
 
 
 class FourierImageInputAdapter(nn.Module):
