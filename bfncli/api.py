@@ -299,7 +299,7 @@ class Model:
         output: Optional[PathLike] = None,
         force: bool = False,
         trajectory: bool = False,
-        frames: int = 20,
+        frames: Optional[int] = None,
         sets: Sets = None,
         deterministic: bool = False,
         progress: bool = True,
@@ -324,7 +324,7 @@ class Model:
             mask: inpainting: a mask image (white = unknown) or a box ``"top,left,height,width"``.
             output: also write a samples file (``-o``): ``bfn render``, ``bfn eval --samples`` read it.
             force: overwrite an existing ``output``.
-            trajectory: record the flow into ``output`` (``frames`` of it), for an animation.
+            trajectory: record the flow into ``output`` (``frames`` steps of it, default 20), for an animation.
             sets: overrides of the checkpoint's ``sample.*`` config.
             deterministic: strict reproducibility.
             progress: False: no progress bar.

@@ -296,6 +296,8 @@ def test_api_only_errors(runs, tmp_path):
             model.sample(bad)
     with pytest.raises(BFNError, match="give output="):
         model.sample(trajectory=True)
+    with pytest.raises(BFNError, match="--frames sets how many steps --trajectory records"):
+        model.sample(frames=5)  # as bfn sample --frames without --trajectory
     with pytest.raises(BFNError, match="render takes samples"):
         bfn.render([1, 2, 3])
     with pytest.raises(BFNError, match="either preset= or a config object"):

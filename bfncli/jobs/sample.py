@@ -86,9 +86,7 @@ def run_sample(
         _check_stdout()
     else:
         check_output_name(output)
-    _check_counts(steps, batch_size, frames)
-    if frames is not None and not trajectory:
-        raise UserError("--frames sets how many steps --trajectory records; add --trajectory, or drop --frames")
+    _check_counts(steps, batch_size, frames, trajectory)  # before anything is loaded
     runtime = setup(deterministic)
     path = resolve_checkpoint(checkpoint, runs_dir)
     if output is not None:
@@ -133,7 +131,7 @@ def make_samples(
     from bfncli.samplers import choose
     from bfncli.samplers.known_data import image_condition, text_condition
 
-    _check_counts(steps, batch_size, frames)
+    _check_counts(steps, batch_size, frames, trajectory)
     frames = FRAMES if frames is None else frames
     chosen = {"steps": steps, "seed": seed, "batch_size": batch_size, "sampler": sampler, "eta": eta,
               "guidance": guidance}
@@ -233,10 +231,12 @@ def make_samples(
     return tensors, meta
 
 
-def _check_counts(steps: Optional[int], batch_size: Optional[int], frames: int) -> None:
+def _check_counts(steps: Optional[int], batch_size: Optional[int], frames: Optional[int], trajectory: bool) -> None:
     for name, value in (("--steps", steps), ("--batch-size", batch_size), ("--frames", frames)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
+    if frames is not None and not trajectory:
+        raise UserError("--frames sets how many steps --trajectory records; add --trajectory, or drop --frames")
 
 
 def _require_memory(model, count: int, batch: int, evaluations: int, frames: int, device) -> None:
