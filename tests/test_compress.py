@@ -196,6 +196,24 @@ def test_wrong_checkpoint_is_refused(call, models, tmp_path):
     assert not (tmp_path / "out.txt").exists()
 
 
+def test_step_counts_are_bounded(call, models, tmp_path):
+    """A huge --steps, or a header rewritten (with a fresh checksum) to claim one, would run for ever."""
+    from bfncli.compression import container
+
+    source = tmp_path / "notes.txt"
+    source.write_bytes(TEXT_SAMPLE[:30])
+    for steps in (0, 10**12):
+        result = call("compress", source, "--checkpoint", models["text"], "--steps", steps)
+        assert_one_line_error(result, "--steps must be from 1", "1,000,000")
+    assert not (tmp_path / "notes.txt.bfnz").exists()
+    packed = _packed(call, models, tmp_path)
+    header, payload = container.unpack(packed.read_bytes(), "x")
+    packed.write_bytes(container.pack({**header, "steps": 10**12}, payload))
+    result = call("decompress", packed, "--checkpoint", models["text"], "-o", tmp_path / "out.txt")
+    assert_one_line_error(result, "damaged header", code=3)
+    assert not (tmp_path / "out.txt").exists()
+
+
 def test_decompress_never_overwrites_without_force(call, models, tmp_path):
     packed = _packed(call, models, tmp_path)
     (tmp_path / "notes.txt").write_bytes(b"precious")

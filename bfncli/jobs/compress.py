@@ -25,6 +25,7 @@ from bfncli import __version__
 from bfncli.atomic_files import atomic_path, file_sha256
 from bfncli.errors import InputError, UserError
 from bfncli.jobs.runtime import resolve_checkpoint, setup
+from bfncli.jobs.sample import MAX_STEPS
 from bfncli.log import bar_disabled, logger
 
 CODEC = "bbans-bitswap-1"  # the coding scheme; a file from another scheme is refused
@@ -44,8 +45,9 @@ def run_compress(source: Optional[Path], checkpoint: Optional[Path], runs_dir: P
     if output is None and as_json:
         raise UserError("--json prints the summary on standard output, where the compressed file would go; pass "
                         "-o FILE")
-    if steps is not None and steps < 1:
-        raise UserError(f"--steps must be >= 1 (the code sends n noisy samples), got {steps}")
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise UserError(f"--steps must be from 1 (the code sends n noisy samples) to {MAX_STEPS:,} (each step is a "
+                        f"network call for every batch), got {steps}")
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     model, path, weights, runtime = _load(checkpoint, runs_dir)
@@ -138,6 +140,8 @@ def run_decompress(source: Optional[Path], checkpoint: Optional[Path], runs_dir:
                         f"{str(header.get('weights_sha256'))[:12]}); '{path}' has weights {weights[:12]}: pass the "
                         "checkpoint that compressed it with --checkpoint")
     n, batch = int(header["steps"]), int(header["batch_size"])
+    if not 1 <= n <= MAX_STEPS or batch < 1:
+        raise InputError(f"{name} has a damaged header (steps {n}, batch size {batch}); compress the original again")
     walk = make_walk(model.flow, n, model.discrete, float(header["resolution"]))
     coder = BatchCoder(model, walk, runtime.device)
     d = math.prod(model.data_shape)
