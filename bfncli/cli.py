@@ -205,7 +205,7 @@ def eval_(
     runs_dir: Path = RunsDirOpt,
     steps: Optional[int] = typer.Option(None, "--steps", help="n >= 1: the n-step discrete-time loss; 0: continuous time."),
     repeats: Optional[int] = typer.Option(None, "--repeats", help="Passes over the data (the official test.py's n_repeats)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per batch."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Examples per batch (default: 100 on the CPU, as many as fit on a GPU); never changes the estimate."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     data: Optional[Path] = DataOpt,
     data_dir: Optional[Path] = DataDirOpt,

@@ -59,6 +59,29 @@ def test_eval_agrees_with_the_official_statistics(converted, name, tmp_path, cal
             assert diff <= allowed, (name, row["n_steps"], key, ours[f"{key}_mean"], row[f"{key}_mean"], allowed)
 
 
+@pytest.mark.parametrize("name", FIXTURES)
+def test_the_estimate_does_not_depend_on_the_batch_size(converted, name, tmp_path, call):
+    """Every example meets the same draws whatever the batch (blocks of draws cut across batches of
+    37, a batch of every example, the default): only floating-point summation may move the figures.
+    Drawing per batch, as test.py does, moves them by the estimate's noise (percent here)."""
+    from safetensors.torch import save_file
+
+    given = load_file(str(CONFORMANCE / name / "tensors.safetensors"))["data"]
+    data = given.repeat(15, *([1] * (given.dim() - 1)))  # 240 examples: three blocks of draws, the last partial
+    save_file({"data": data}, str(tmp_path / "data.safetensors"))
+    reports = []
+    for batch in ("37", "240", None):
+        args = ["eval", "--checkpoint", converted[name], "--data", tmp_path / "data.safetensors", "--steps", 10,
+                "--repeats", 2, "--seed", 5, "--json"] + (["--batch-size", batch] if batch else [])
+        result = call(*args)
+        assert result.returncode == 0, result.stderr
+        reports.append(json.loads(result.stdout))
+    assert [r["batch_size"] for r in reports] == [37, 240, 100]
+    for key in ("loss_mean", "recon_mean", "total_mean", "total_stderr"):
+        values = [r[key] for r in reports]
+        assert max(values) - min(values) <= 1e-6 * abs(values[0]), (key, values)
+
+
 def test_round_trip_is_bit_for_bit(converted, tmp_path, call):
     for name in FIXTURES:
         back = tmp_path / f"{name}.pt"

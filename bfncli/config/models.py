@@ -289,7 +289,8 @@ class EvalConfig(Section):
 
     steps: int = Field(0, ge=0, description="0: continuous-time loss; n: the n-step discrete-time loss")
     repeats: int = Field(1, ge=1)
-    batch_size: int = Field(100, ge=1)
+    batch_size: Optional[int] = Field(None, ge=1, description="examples per batch (default: 100 on the CPU, on a GPU as "
+                                      "many as fit); the estimate does not depend on it")
     seed: int = Field(0, ge=0, le=INT64_MAX, description="random seed")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="torch.compile the loss: on, off, or auto (on for GPU evaluations of 500 batches or more)")

@@ -1,13 +1,15 @@
 """``bfn eval``: the official test.py estimator, resumable, on one or many processes.
 
-For each of R repeats, one pass over the data: per batch one draw of the loss (t, the flow sample
+For each of R repeats, one pass over the data: per example one draw of the loss (t, the flow sample
 and the Monte Carlo inside) and one of the reconstruction loss; the repeat's value is the mean over
-batches. Reported: the mean over repeats and its standard error std/sqrt(R) (population std), in
-nats per data dimension like test.py, plus bits and per-example totals.
+examples (test.py's mean over equal batches). Reported: the mean over repeats and its standard error
+std/sqrt(R) (population std), in nats per data dimension like test.py, plus bits and per-example totals.
 
-Repeat r is seeded from (seed, r) alone, so repeats can be split across processes and an
-interrupted evaluation resumes where it stopped: finished repeats are kept in a small JSON file
-in the cache directory, keyed by the checkpoint and the settings.
+The draws come in fixed blocks of examples seeded by (seed, repeat, block) alone
+(:mod:`bfncli.jobs.eval_draws`), so the estimate does not depend on the batch size, which by default
+fills the GPU; repeats can be split across processes, and an interrupted evaluation resumes where
+it stopped: finished repeats are kept in a small JSON file in the cache directory, keyed by the
+checkpoint and the settings.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from bfncli.atomic_files import file_sha256, write_text_atomic
 from bfncli.checkpoint import load_model
 from bfncli.config import resolve_config
 from bfncli.errors import Interrupted, UserError
+from bfncli.jobs.eval_draws import BLOCK, RepeatDraws
 from bfncli.jobs.runtime import Runtime, require_memory, resolve_checkpoint, setup
 from bfncli.log import bar_disabled, logger, resolved_config
 
@@ -61,11 +64,12 @@ def evaluate_model(model, info, runtime: Runtime, overrides: dict[str, Any], set
     examples = _eval_examples(cfg, model, labels=classes == "labels")
     e = cfg.eval
     per_example = 4 * math.prod(model.data_shape) * (model.flow.n_classes if model.discrete else 1)
-    batch = min(e.batch_size, len(examples))
+    batch = e.batch_size or fitting_batch(model, examples, e.steps, runtime.device, classes)
+    batch = min(batch, len(examples))
     require_memory(8 * batch * per_example, f"a batch of {batch} examples", "lower --batch-size", runtime.device)
-    if compiled.wanted(e.compile, runtime.device, e.repeats * math.ceil(len(examples) / e.batch_size)):
+    if compiled.wanted(e.compile, runtime.device, e.repeats * math.ceil(len(examples) / batch)):
         compiled.compile_loss(model, runtime.device)
-    result = estimate(model, examples, e.steps, e.repeats, e.batch_size, e.seed, runtime,
+    result = estimate(model, examples, e.steps, e.repeats, batch, e.seed, runtime,
                       state_key=_state_key(info, cfg, examples, classes, weights),
                       progress=progress and runtime.is_main, classes=classes)
     result.update(checkpoint=str(info.path), weights=info.weights, step=info.step, classes=classes)
@@ -129,18 +133,18 @@ def estimate(model, examples, n_steps: int, repeats: int, batch_size: int, seed:
     device = runtime.device
     try:
         for r in mine:
-            data_gen = torch.Generator().manual_seed(_repeat_seed(seed, r, 0))
-            gen = torch.Generator(device=device).manual_seed(_repeat_seed(seed, r, 1))
-            loss_sum = torch.zeros((), device=device)
-            recon_sum = torch.zeros((), device=device)
+            draws = RepeatDraws(model, examples, n_steps, seed, r, device)
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            recon_sum = torch.zeros((), device=device, dtype=torch.float64)
             for start in starts:
-                index = torch.arange(start, min(start + batch_size, n))
-                x = examples.batch(index, data_gen).to(device)
-                c = _classes_of(model, examples, index, classes, device)
-                loss_sum += model.loss(x, n_steps, gen, c)
-                recon_sum += model.reconstruction_loss(x, gen, c)
+                stop = min(start + batch_size, n)
+                x, loss_draws, recon_noise = draws.batch(start, stop)
+                c = _classes_of(model, examples, torch.arange(start, stop), classes, device)
+                # per-example means summed: the batch's mean times its size
+                loss_sum += model.loss_of_draws(x, *loss_draws, n_steps, c).double() * (stop - start)
+                recon_sum += model.reconstruction_of_draws(x, recon_noise, c).double() * (stop - start)
                 bar.update()
-            done[r] = (loss_sum.item() / len(starts), recon_sum.item() / len(starts))
+            done[r] = (loss_sum.item() / n, recon_sum.item() / n)
             if state:
                 state.save(done)
             if progress:
@@ -163,8 +167,32 @@ def _classes_of(model, examples, index, mode: Optional[str], device):
     return examples.labels_of(index).to(device)
 
 
-def _repeat_seed(seed: int, repeat: int, stream: int) -> int:
-    return (seed * 1_000_003 + repeat * 2 + stream) % (2**63)
+def fitting_batch(model, examples, n_steps: int, device, classes: Optional[str] = None) -> int:
+    """The default evaluation batch: on a GPU the most examples (whole blocks of draws, up to all of
+    them) whose loss and reconstruction fit in half the free memory, measured on one block; elsewhere
+    100 (a CPU gains nothing from more)."""
+    n = len(examples)
+    if torch.device(device).type != "cuda":
+        return min(100, n)
+    with torch.inference_mode():
+        x, loss_draws, recon_noise = RepeatDraws(model, examples, n_steps, 0, 0, device).batch(0, min(BLOCK, n))
+        c = _classes_of(model, examples, torch.arange(len(x)), classes, device)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        model.loss_of_draws(x, *loss_draws, n_steps, c)
+        model.reconstruction_of_draws(x, recon_noise, c)
+        torch.cuda.synchronize(device)
+        per_example = max(torch.cuda.max_memory_allocated(device) - before, 1) / len(x)
+        free = torch.cuda.mem_get_info(device)[0]
+    return batch_for_memory(free / 2, per_example, n)
+
+
+def batch_for_memory(budget: float, per_example: float, n: int) -> int:
+    """Whole blocks of examples that fit ``budget`` bytes at ``per_example`` each (at least one
+    block, at most every example)."""
+    blocks = max(1, int(budget // (per_example * BLOCK)))
+    return min(n, blocks * BLOCK)
 
 
 def _gather(done: dict[int, tuple[float, float]], runtime: Runtime) -> dict[int, tuple[float, float]]:
@@ -246,7 +274,8 @@ def _state_key(info, cfg, examples, classes: Optional[str], weights: Optional[st
     weights = weights or info.metadata.get(CHECKSUM) or file_sha256(info.path)
     ident = {
         "weights": weights, "checkpoint_config": info.metadata.get("config"), "network": cfg.network.model_dump(),
-        "data": examples.fingerprint(), "eval": cfg.eval.model_dump(exclude={"repeats"}),
+        "data": examples.fingerprint(), "eval": cfg.eval.model_dump(exclude={"repeats", "batch_size", "compile"}),
+        "draws": f"blocks of {BLOCK}",  # the batch never changes a repeat's value; the blocks of draws do
         "flow": cfg.flow.model_dump(), "output": cfg.output.model_dump(), "classes": classes, "bfn": __version__,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
