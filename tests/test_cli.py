@@ -32,6 +32,26 @@ def test_help_does_not_import_torch():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
+@pytest.mark.parametrize("name", ["img", "txt"])
+def test_sampling_does_not_load_the_symbolic_shapes_machinery(runs, name, tmp_path):
+    """Start-up: torch.broadcast_shapes imports torch's symbolic shapes and sympy (half a second of
+    every bfn sample); nothing on the sampling path may."""
+    from conftest import ckpt
+
+    code = (
+        "import sys\n"
+        f"sys.argv = ['bfn', 'sample', '--checkpoint', {str(ckpt(runs, name))!r}, '--steps', '3', '-o', "
+        f"{str(tmp_path / 's.safetensors')!r}]\n"
+        "from bfncli.__main__ import run\n"
+        "try:\n    run()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' in sys.modules\n"
+        "assert 'sympy' not in sys.modules and 'torch.fx.experimental.symbolic_shapes' not in sys.modules\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "s.safetensors").exists()
+
+
 @pytest.mark.parametrize("command", ["train", "eval", "sample", "render", "convert"])
 def test_each_command_has_examples(command):
     result = bfn(command, "--help")

@@ -313,3 +313,14 @@ def test_256_bin_quantities_are_computed_in_bounded_chunks(monkeypatch):
     assert max(seen) <= 256 * 100 and len(seen) > 2
     torch.testing.assert_close(chunked, whole)
     torch.testing.assert_close(pred.mean, whole_mean)
+
+
+@pytest.mark.parametrize("a, b", [((2, 3), (3,)), ((2, 1, 4), (5, 1)), ((), (2,)), ((0, 1), (1, 3)), ((1,), (0,)),
+                                  ((4, 1, 1), (1,)), ((7, 2), (7, 2))])
+def test_broadcast_shape_is_torchs(a, b):
+    assert dist_mod.broadcast_shape(a, b) == torch.broadcast_shapes(a, b)
+
+
+def test_shapes_that_do_not_broadcast_are_refused():
+    with pytest.raises(RuntimeError, match="do not broadcast"):
+        dist_mod.broadcast_shape((2, 3), (4, 3))

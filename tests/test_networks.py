@@ -226,3 +226,27 @@ def test_position_features_are_the_same_bits_in_every_process():
     digests = {subprocess.run([sys.executable, "-c", code, str(threads)], capture_output=True, text=True,
                               check=True).stdout for threads in (1, 2, 2)}
     assert digests == {fourier_position_features(32, 32, 64).numpy().tobytes().hex()}
+
+
+def test_the_text_position_table_is_the_same_bits_in_every_process():
+    """The transformer's sinusoid table is made like the Fourier one: float32 angles, float64 sines and
+    cosines rounded once, on the CPU even inside a meta-device build."""
+    import subprocess
+    import sys
+
+    from bfncli.networks.adapters import sinusoid_table
+
+    length, dim = 64, 48
+    pos = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    expected = torch.zeros(length, dim)
+    expected[:, 0::2] = (pos / 1000.0 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)).double().sin().float()
+    expected[:, 1::2] = (pos / 1000.0 ** (torch.arange(1, dim, 2, dtype=torch.float32) / dim)).double().cos().float()
+    assert torch.equal(sinusoid_table(length, dim), expected)
+    with torch.device("meta"):
+        assert sinusoid_table(length, dim).device.type == "cpu"
+    code = ("import sys, torch; torch.set_num_threads(int(sys.argv[1])); "
+            "from bfncli.networks.adapters import sinusoid_table as f; "
+            "sys.stdout.write(f(256, 768).numpy().tobytes().hex())")
+    digests = {subprocess.run([sys.executable, "-c", code, str(threads)], capture_output=True, text=True,
+                              check=True).stdout for threads in (1, 2, 2)}
+    assert digests == {sinusoid_table(256, 768).numpy().tobytes().hex()}

@@ -18,6 +18,7 @@ from bfncli.flows.distributions import (
     Delta,
     DiscretizedNormal,
     bin_centres,
+    broadcast_shape,
     chunked,
     mixture_weights,
     safe_exp,
@@ -94,7 +95,7 @@ class ContinuousFlow:
         rest = self.remaining_variance(t)
         gamma = 1 - rest
         if noise is None:
-            noise = torch.randn(torch.broadcast_shapes(x.shape, t.shape), generator=generator, device=x.device)
+            noise = torch.randn(broadcast_shape(x.shape, t.shape), generator=generator, device=x.device)
         return gamma * x + (gamma * rest).sqrt() * noise
 
     @staticmethod

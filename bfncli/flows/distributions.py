@@ -78,13 +78,26 @@ def chunked(fn: Callable[..., Tensor], *tensors: Tensor, width: int) -> Tensor:
     ``fn`` maps flat tensors of n elements to a flat result of n elements, using an intermediate
     of about n * ``width`` elements; the chunks keep that intermediate under CHUNK_ELEMENTS.
     """
-    shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+    shape = broadcast_shape(*(t.shape for t in tensors))
     flat = [t.expand(shape).reshape(-1) for t in tensors]
     n = flat[0].numel()
     step = max(1, CHUNK_ELEMENTS // max(1, width))
     if n <= step:
         return fn(*flat).reshape(shape)
     return torch.cat([fn(*(f[i : i + step] for f in flat)) for i in range(0, n, step)]).reshape(shape)
+
+
+def broadcast_shape(*shapes) -> torch.Size:
+    """The shape ``shapes`` broadcast to, as torch.broadcast_shapes gives it (which imports the symbolic
+    shapes machinery and sympy on its first call: half a second of every command's start-up)."""
+    out = [1] * max((len(s) for s in shapes), default=0)
+    for s in shapes:
+        for i, size in enumerate(s, len(out) - len(s)):
+            if size != 1:
+                if out[i] not in (1, size):
+                    raise RuntimeError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+                out[i] = size
+    return torch.Size(out)
 
 
 def _uniform(shape, like: Tensor, generator: Optional[torch.Generator]) -> Tensor:

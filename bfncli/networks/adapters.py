@@ -20,12 +20,18 @@ def sinusoid_table(length: int, dim: int, base: float = 1000.0) -> Tensor:
 
     Unlike the usual transformer table, the base is 1000 rather than 10000 and each odd feature
     uses its own index in the exponent (not that of its even neighbour). The released text8 model
-    was trained with exactly these codes, so we keep them.
+    was trained with exactly these codes, so we keep them. As in :func:`fourier_position_features`,
+    the float32 angles' sines and cosines are float64 C library values rounded once (the same bits in
+    every process), and the table is made on the CPU even where the network is built on the meta device
+    (where torch's arange would load its symbolic shapes machinery: half a second of start-up).
     """
-    pos = torch.arange(length, dtype=torch.float32).unsqueeze(1)
-    table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(pos / base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-    table[:, 1::2] = torch.cos(pos / base ** (torch.arange(1, dim, 2, dtype=torch.float32) / dim))
+    cpu = {"dtype": torch.float32, "device": "cpu"}
+    pos = torch.arange(length, **cpu).unsqueeze(1)
+    even = (pos / base ** (torch.arange(0, dim, 2, **cpu) / dim)).tolist()
+    odd = (pos / base ** (torch.arange(1, dim, 2, **cpu) / dim)).tolist()
+    table = torch.zeros(length, dim, **cpu)
+    table[:, 0::2] = torch.tensor([[math.sin(a) for a in row] for row in even], dtype=torch.float64, device="cpu")
+    table[:, 1::2] = torch.tensor([[math.cos(a) for a in row] for row in odd], dtype=torch.float64, device="cpu")
     return table
 
 

@@ -117,7 +117,17 @@ class GPT(nn.Module):
             ln_f=LayerNorm(n_embd, bias),
         ))
         self.lm_head = nn.Linear((2 if skip else 1) * n_embd, vocab_size, bias=bias)
-        # GPT-2 initialisation, with the projections into the residual stream scaled down by depth.
+        # GPT-2 initialisation, with the projections into the residual stream scaled down by depth. A
+        # network built on the meta device (to load a checkpoint into) has nothing to draw, and there
+        # torch's normal_ would import its compiler stack: a second of start-up.
+        self._gpt2_init(n_layer)
+        # After the GPT-2 initialisation, which would draw it at random: it starts at zero (see
+        # ClassEmbedding). Unconditional networks have none (the released layout).
+        self.class_embedding = ClassEmbedding(num_classes, n_embd) if num_classes else None
+
+    def _gpt2_init(self, n_layer: int) -> None:
+        if self.lm_head.weight.is_meta:
+            return
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -126,9 +136,6 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
-        # After the GPT-2 initialisation, which would draw it at random: it starts at zero (see
-        # ClassEmbedding). Unconditional networks have none (the released layout).
-        self.class_embedding = ClassEmbedding(num_classes, n_embd) if num_classes else None
 
     def forward(self, data: Tensor, t: Tensor, classes: Optional[Tensor] = None) -> Tensor:
         x_in = self.input_adapter(data, t)
