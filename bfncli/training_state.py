@@ -67,6 +67,12 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tenso
             _, pid, key = name.split(".", 2)
             state.setdefault(int(pid), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
+    for group in optimizer.param_groups:  # each state tensor in its parameter's memory layout (channels-last)
+        for p in group["params"]:
+            entries = optimizer.state.get(p, {})
+            for key, value in entries.items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    entries[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 # ---------------------------------------------------------------------------------- write

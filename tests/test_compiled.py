@@ -65,7 +65,7 @@ def test_compiled_loss_and_gradients_are_the_eager_ones(case, n_steps):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["unet_vdm-continuous", "transformer-text"])
+@pytest.mark.parametrize("case", list(CASES))
 def test_compiled_sampling_draws_the_eager_samples(case):
     eager = _model(case).eval()
     fast = copy.deepcopy(eager)
@@ -123,3 +123,32 @@ def test_compiling_keeps_the_state_dict_and_uncompiles():
     assert list(model.state_dict()) == keys and "loss_of_draws" in model.__dict__
     compiled.uncompile(model)
     assert not {"loss_of_draws", "reconstruction_of_draws", "network_call"} & set(model.__dict__)
+
+
+class _Examples:
+    """Fixed examples in the shape bfn eval's estimator reads them."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def batch(self, index, generator=None):
+        return self.x[index]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_compiled_evaluation_reports_the_eager_figures(case):
+    from bfncli.jobs.evaluate import estimate
+    from bfncli.jobs.runtime import Runtime
+
+    eager = _model(case).eval()
+    fast = copy.deepcopy(eager)
+    compiled.compile_loss(fast, torch.device("cpu"))
+    examples = _Examples(_data(eager, batch=130))
+    runtime = Runtime(device=torch.device("cpu"))
+    a, b = (estimate(m, examples, 10, 2, 64, 3, runtime, progress=False) for m in (eager, fast))
+    for key in ("loss_mean", "recon_mean", "total_stderr"):
+        assert abs(a[key] - b[key]) <= 1e-5 * abs(a[key]), (key, a[key], b[key])

@@ -250,3 +250,44 @@ def test_the_text_position_table_is_the_same_bits_in_every_process():
     digests = {subprocess.run([sys.executable, "-c", code, str(threads)], capture_output=True, text=True,
                               check=True).stdout for threads in (1, 2, 2)}
     assert digests == {sinusoid_table(256, 768).numpy().tobytes().hex()}
+
+
+def test_dropout_masks_do_not_depend_on_the_memory_layout():
+    from bfncli.networks.layout import NCHWDropout
+
+    x = torch.randn(2, 8, 5, 5)
+    drop = NCHWDropout(0.5).train()
+    torch.manual_seed(0)
+    nchw = drop(x)
+    torch.manual_seed(0)
+    nhwc = drop(x.contiguous(memory_format=torch.channels_last))
+    assert nhwc.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(nchw, nhwc) and not torch.equal(nchw, x)
+    torch.manual_seed(0)
+    assert torch.equal(torch.nn.Dropout(0.5).train()(x), nchw)  # nn.Dropout's masks, as the official code draws them
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10_discretized_256bins"])
+def test_channels_last_unets_compute_the_same_function(name):
+    """Where bfn stores a U-Net channels-last (the CPU), it computes what the NCHW network computes, in
+    training mode with dropout too (the same masks): equal up to the convolutions' rounding."""
+    from bfncli.networks.layout import use_fast_layout
+
+    net = fixture_network(name)
+    tensors = load_file(str(CONFORMANCE / name / "tensors.safetensors"))
+    x, t = tensors["net_inputs"][:4], tensors["t"][:4]
+    with torch.no_grad():
+        outputs = []
+        for layout in ("nchw", "channels_last"):
+            if layout == "channels_last":
+                assert use_fast_layout(net, "cpu")
+                assert any(p.dim() == 4 and not p.is_contiguous() for p in net.parameters())
+            net.eval()
+            evaluated = net(x, t)
+            net.train()
+            torch.manual_seed(0)
+            outputs.append((evaluated, net(x, t)))
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * float(a.abs().max()))
+    assert not use_fast_layout(fixture_network("text8"), "cpu")  # no convolutions: left alone
+    assert not use_fast_layout(fixture_network(name), "cuda")  # not measured faster there

@@ -82,6 +82,17 @@ def test_the_estimate_does_not_depend_on_the_batch_size(converted, name, tmp_pat
         assert max(values) - min(values) <= 1e-6 * abs(values[0]), (key, values)
 
 
+def test_the_default_gpu_batch_is_whole_blocks_that_fit():
+    from bfncli.jobs.evaluate import batch_for_memory
+
+    mib = 2**20
+    assert batch_for_memory(1000 * mib, 1 * mib, 10_000) == 1000  # ten blocks of 100
+    assert batch_for_memory(1050 * mib, 1 * mib, 10_000) == 1000  # never part of a block
+    assert batch_for_memory(10 * mib, 1 * mib, 10_000) == 100  # at least one block: --batch-size goes lower
+    assert batch_for_memory(64_000 * mib, 1 * mib, 10_000) == 10_000  # at most every example
+    assert batch_for_memory(64_000 * mib, 1 * mib, 37) == 37
+
+
 def test_round_trip_is_bit_for_bit(converted, tmp_path, call):
     for name in FIXTURES:
         back = tmp_path / f"{name}.pt"

@@ -209,18 +209,23 @@ def test_non_finite_steps_counted_on_the_device(call, work, monkeypatch):
     assert "stopping: 3 non-finite steps in a row at step 6" in stop.stderr
 
 
-def test_two_processes_train_in_step(work):
+@pytest.mark.parametrize("compile_", ["off", pytest.param("on", marks=pytest.mark.slow)])
+def test_two_processes_train_in_step(work, compile_):
+    """Two processes (DDP through accelerate) keep their weights in step, eager and compiled."""
+    run = f"ddp-{compile_}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            str(FAULT_INJECTION), "check-sync", "train", *TINY, "--data", str(work / "tiny.safetensors"), "--runs-dir",
-           str(work / "runs"), "--run-name", "ddp", "--max-steps", "6", "--set", "train.val_every=3"]
+           str(work / "runs"), "--run-name", run, "--max-steps", "6", "--set", "train.val_every=3",
+           "--set", f"train.compile={compile_}"]
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("BFN_")}, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[:3000]  # the first lines say why
-    records = [json.loads(line) for line in (work / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert ("compiled: the first training step took" in result.stderr) == (compile_ == "on")
+    records = [json.loads(line) for line in (work / "runs" / run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 7))  # one writer, not two
     assert sum("val_total" in r for r in records) == 2
-    assert sorted(p.name for p in (work / "runs" / "ddp" / "checkpoints").iterdir()) == ["step-00000004",
-                                                                                       "step-00000006"]
+    assert sorted(p.name for p in (work / "runs" / run / "checkpoints").iterdir()) == ["step-00000004",
+                                                                                     "step-00000006"]
 
 
 def test_trained_checkpoint_evaluates_and_samples_without_flags(reference):

@@ -31,6 +31,7 @@ from bfncli.errors import Interrupted, UserError
 from bfncli.jobs.eval_draws import BLOCK, RepeatDraws
 from bfncli.jobs.runtime import Runtime, require_memory, resolve_checkpoint, setup
 from bfncli.log import bar_disabled, logger, resolved_config
+from bfncli.networks.layout import use_fast_layout
 
 
 def run_eval(
@@ -67,6 +68,7 @@ def evaluate_model(model, info, runtime: Runtime, overrides: dict[str, Any], set
     batch = e.batch_size or fitting_batch(model, examples, e.steps, runtime.device, classes)
     batch = min(batch, len(examples))
     require_memory(8 * batch * per_example, f"a batch of {batch} examples", "lower --batch-size", runtime.device)
+    use_fast_layout(model.net, runtime.device)
     if compiled.wanted(e.compile, runtime.device, e.repeats * math.ceil(len(examples) / batch)):
         compiled.compile_loss(model, runtime.device)
     result = estimate(model, examples, e.steps, e.repeats, batch, e.seed, runtime,

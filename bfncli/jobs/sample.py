@@ -28,6 +28,7 @@ from bfncli.config import resolve_config
 from bfncli.errors import UserError
 from bfncli.jobs.runtime import require_memory, resolve_checkpoint, setup
 from bfncli.log import bar_disabled, logger, resolved_config
+from bfncli.networks.layout import use_fast_layout
 from bfncli.samples_file import SAMPLES_FORMAT, samples_kind
 
 
@@ -179,6 +180,7 @@ def make_samples(
     evaluations = method.evaluations(method_steps)
     record_at = _frame_steps(evaluations - 1, frames) if trajectory else set()
     _require_memory(model, count, min(s.batch_size, count), evaluations, len(record_at), device)
+    use_fast_layout(model.net, device)
     if compiled.wanted(s.compile, device, evaluations * math.ceil(count / s.batch_size)):
         compiled.compile_network(model, device)
     from tqdm import tqdm

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 
 from bfncli import compiled
+from bfncli.networks.layout import use_fast_layout
 from bfncli.atomic_files import remove_stale_partials, write_text_atomic
 from bfncli.config import BFNConfig, resolve_config
 from bfncli.errors import UserError
@@ -203,9 +204,10 @@ class Trainer:
         model = BFN(self.cfg)
         if self.initial is not None:
             model.net.load_state_dict(self.initial.tensors)  # the EMA copied below starts from them too
+        device = self.accelerator.device
+        use_fast_layout(model.net, device)  # channels-last U-Nets where faster (the EMA copy too)
         self.ema = copy.deepcopy(model).requires_grad_(False).eval()
         groups = self._param_groups(model)
-        device = self.accelerator.device
         # On a GPU the step never waits for the host: AdamW is fused and skips a non-finite step itself
         # (found_inf), the EMA update is weighted by the step's finiteness, and the flags are read when a
         # metrics line is written. fp16's gradient scaler keeps its own skipping (and the host check).

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from bfncli.networks.class_embedding import ClassEmbedding, refuse_classes
+from bfncli.networks.layout import NCHWDropout
 
 
 def _zeroed(module: nn.Module) -> nn.Module:
@@ -66,7 +67,7 @@ class ResBlock(nn.Module):
         self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out if use_scale_shift_norm else out))
         self.out_layers = nn.Sequential(
-            GroupNorm32(out), nn.SiLU(), nn.Dropout(p=dropout), _zeroed(nn.Conv2d(out, out, 3, padding=1))
+            GroupNorm32(out), nn.SiLU(), NCHWDropout(p=dropout), _zeroed(nn.Conv2d(out, out, 3, padding=1))
         )
         self.skip_connection = nn.Identity() if out == channels else nn.Conv2d(channels, out, 1)
 
@@ -256,8 +257,8 @@ class UNetModel(nn.Module):
             # Every residual block reads the sum through its own SiLU and linear map.
             emb = emb + self.class_embedding(classes, b).to(emb.dtype)
 
-        # Contiguous NCHW, not a channels-last view: dropout draws its mask in memory order, so the
-        # layout decides which activations a seeded run drops (we match the original's).
+        # Contiguous NCHW: the convolutions then work in the layout of their weights (channels-last
+        # where bfncli.networks.layout stores them so); dropout masks are drawn in NCHW order either way.
         h = x.permute(0, 3, 1, 2).contiguous()
         skips = []
         for block in self.input_blocks:

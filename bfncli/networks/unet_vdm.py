@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bfncli.networks.class_embedding import ClassEmbedding, refuse_classes
+from bfncli.networks.layout import NCHWDropout
 
 
 def _zeroed(module: nn.Module) -> nn.Module:
@@ -66,7 +67,7 @@ class ResnetBlock(nn.Module):
         self.net2 = nn.Sequential(
             nn.GroupNorm(norm_groups, ch_out),
             nn.SiLU(),
-            nn.Dropout(dropout_prob),
+            NCHWDropout(dropout_prob),
             _zeroed(nn.Conv2d(ch_out, ch_out, 3, padding=1)),
         )
         self.skip_conv = nn.Conv2d(ch_in, ch_out, 1) if ch_in != ch_out else None
@@ -190,8 +191,8 @@ class UNetVDM(nn.Module):
             mixed = self.embed_conditioning[:-1](times)
             condition = self.embed_conditioning[-1](mixed + self.class_embedding(classes, b).to(mixed.dtype))
 
-        # Contiguous NCHW, not a channels-last view: dropout draws its mask in memory order, so the
-        # layout decides which activations a seeded run drops (we match the original's).
+        # Contiguous NCHW: the convolutions then work in the layout of their weights (channels-last
+        # where bfncli.networks.layout stores them so); dropout masks are drawn in NCHW order either way.
         h = x.permute(0, 3, 1, 2).contiguous()
         if self.fourier_features is not None:
             h = torch.cat([h, self.fourier_features(h)], 1)
