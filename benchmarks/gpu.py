@@ -10,8 +10,9 @@ does with log_every=1; the median of the timed steps after warm-up, with its int
 Model FLOPs: torch.utils.flop_counter.FlopCounterMode over one loss + backward (forward and backward
 of the network and the flow, as the issue's table). MFU = model FLOPs/s over the GPU's datasheet
 dense bf16 peak (named in the output), and over the rate of a large bf16 matmul measured in the same
-run. Eval: one repeat of the estimator (loss + reconstruction per batch) over N examples; sampling:
-one network evaluation (BFN.predict) at the given batch. Compile time: the first call's time minus a
+run. Eval: one repeat of bfn eval's estimator over N random examples at its default batch (as many
+as fit on a GPU); sampling: one network evaluation (BFN.predict) at the given batch. U-Nets take the
+layout bfn gives them (channels-last where it measured faster). Compile time: the first call's time minus a
 warm call's. Under 6 minutes on one H100/H200 with the defaults (set --steps lower to be quicker).
 """
 
@@ -30,14 +31,15 @@ import torch
 from bfncli import compiled
 from bfncli.config import resolve_config
 from bfncli.model import BFN
+from bfncli.networks.layout import use_fast_layout
 
 # Datasheet dense bf16 peaks (TFLOP/s, without sparsity), by a part of the device name.
 PEAKS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
          "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "RTX 4090": 165.0}
-# (preset, per-GPU training batch, eval examples, eval batch, eval steps, sampling batch)
-GPU_CASES = [("mnist", 512, 10_000, 1000, 784, 1000), ("cifar10-256d", 32, 10_000, 1000, 0, 100),
-             ("text8", 416, 2_000, 200, 0, 200)]
-CPU_CASES = [("default", 64, 200, 200, 0, 64), ("mnist-tiny", 32, 200, 200, 784, 200), ("text8-tiny", 64, 200, 200, 0, 200)]
+# (preset, per-GPU training batch, eval examples, eval batch (None: bfn eval's default), eval steps, sampling batch)
+GPU_CASES = [("mnist", 512, 10_000, None, 784, 1000), ("cifar10-256d", 32, 10_000, None, 0, 100),
+             ("text8", 416, 2_000, None, 0, 200)]
+CPU_CASES = [("default", 64, 200, None, 0, 64), ("mnist-tiny", 32, 200, None, 784, 200), ("text8-tiny", 64, 200, None, 0, 200)]
 
 
 def sync(device):
@@ -129,6 +131,7 @@ def train_flops(model, x, n_steps) -> float:
 
 def bench_train(base, batch, device, precision, compile_on, steps, warmup, peak, achievable):
     model = copy.deepcopy(base).to(device).train()
+    use_fast_layout(model.net, device)  # as bfn train does
     ema = [p.detach().clone() for p in model.parameters()]
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda" or None)
@@ -157,21 +160,33 @@ def bench_train(base, batch, device, precision, compile_on, steps, warmup, peak,
             "peak_memory_gib": peak_memory(device)}
 
 
-@torch.inference_mode()
+class RandomExamples:
+    """Random examples of the model's kind, as bfn eval's estimator reads them."""
+
+    def __init__(self, model, n: int, device):
+        self.x = random_batch(model, n, "cpu")
+
+    def __len__(self):
+        return len(self.x)
+
+    def batch(self, index, generator=None):
+        return self.x[index]
+
+
 def bench_eval(base, n_examples, batch, n_steps, device, compile_on):
+    """One repeat of bfn eval's estimator (its draws, batches and layout), over random examples; batch
+    None: the default (as many as fit on a GPU)."""
+    from bfncli.jobs.evaluate import estimate, fitting_batch
+    from bfncli.jobs.runtime import Runtime
+
     model = copy.deepcopy(base).to(device).eval()
+    use_fast_layout(model.net, device)
+    examples = RandomExamples(model, n_examples, device)
+    batch = batch or fitting_batch(model, examples, n_steps, device)
     if compile_on:
         compiled.compile_loss(model, device)
-    data = [random_batch(model, min(batch, n_examples - s), device) for s in range(0, n_examples, batch)]
-    generator = torch.Generator(device=device).manual_seed(0)
-
-    def repeat():
-        total = torch.zeros((), device=device)
-        for x in data:
-            total += model.loss(x, n_steps, generator) + model.reconstruction_loss(x, generator)
-        return total.item()
-
-    first, times = timed(repeat, device, 1, 1)
+    runtime = Runtime(device)
+    first, times = timed(lambda: estimate(model, examples, n_steps, 1, batch, 0, runtime, progress=False), device, 1, 1)
     return {"seconds": times[0], "first_call_s": first, "compile_s": max(first - times[0], 0.0),
             "examples": n_examples, "batch": batch, "n_steps": n_steps}
 
@@ -179,6 +194,7 @@ def bench_eval(base, n_examples, batch, n_steps, device, compile_on):
 @torch.inference_mode()
 def bench_sample(base, batch, device, compile_on, steps, warmup):
     model = copy.deepcopy(base).to(device).eval()
+    use_fast_layout(model.net, device)
     if compile_on:
         compiled.compile_network(model, device)
     x = random_batch(model, batch, device)
