@@ -20,7 +20,6 @@ from typing import Any, Optional
 import torch
 
 from bfncli import compiled
-from bfncli.networks.layout import use_fast_layout
 from bfncli.atomic_files import remove_stale_partials, write_text_atomic
 from bfncli.config import BFNConfig, resolve_config
 from bfncli.errors import UserError
@@ -40,6 +39,7 @@ from bfncli.jobs.stop_signals import StopFlag
 from bfncli.jobs.progress_lines import ProgressLines
 from bfncli.jobs.training_result import TrainingResult
 from bfncli.log import bar_disabled, logger, plain_progress
+from bfncli.networks.layout import use_fast_layout
 from bfncli.training_state import (
     load_training_checkpoint,
     restore_optimizer,
