@@ -16,8 +16,7 @@ from bfncli.samplers import SAMPLERS, SampleNoise
 CASES = {
     "unet_vdm-continuous": ("default", ["network.embedding_dim=16", "network.n_blocks=1", "network.norm_groups=4",
                                         "network.output_adapter.input_height=17"]),
-    "unet_improved-binary": ("mnist-tiny", ["network.model_channels=8", "network.out_channels=8",
-                                            "network.output_adapter.input_height=16", "network.num_heads=1"]),
+    "unet_improved-binary": ("mnist-tiny", []),  # 32 channels: the least GroupNorm allows
     "transformer-text": ("text8-tiny", ["network.n_layer=1", "network.n_embd=16", "network.n_head=2",
                                         "network.input_adapter.output_size=16", "network.dropout=0.0"]),
 }
@@ -150,5 +149,7 @@ def test_compiled_evaluation_reports_the_eager_figures(case):
     examples = _Examples(_data(eager, batch=130))
     runtime = Runtime(device=torch.device("cpu"))
     a, b = (estimate(m, examples, 10, 2, 64, 3, runtime, progress=False) for m in (eager, fast))
-    for key in ("loss_mean", "recon_mean", "total_stderr"):
+    for key in ("loss_mean", "recon_mean"):
         assert abs(a[key] - b[key]) <= 1e-5 * abs(a[key]), (key, a[key], b[key])
+    # A standard error is a difference of repeats, each within 1e-5 relative: so it is within 1e-5 of their mean.
+    assert abs(a["total_stderr"] - b["total_stderr"]) <= 1e-5 * a["total_mean"]
