@@ -56,15 +56,18 @@ def _options(device: torch.device, cuda_graphs: bool) -> dict:
     return {"mode": "reduce-overhead" if graphs else None, "dynamic": False}
 
 
-def compile_loss(model, device: torch.device, cuda_graphs: bool = True) -> None:
+def compile_loss(model, device: torch.device, cuda_graphs: bool = True, setting: Optional[str] = None) -> None:
     """Compile ``model``'s loss and reconstruction loss given their draws (training and evaluation).
     ``cuda_graphs``: replay them as CUDA graphs on a GPU (off for several processes, whose gradient
-    all-reduce runs in hooks after the backward)."""
+    all-reduce runs in hooks after the backward). ``setting``: the config key that asked for it (e.g.
+    ``train.compile``): a failure to compile is then a one-line error naming it, or under ``auto`` a
+    warning and the eager loss (see :func:`_guarded`)."""
     use_bfn_cache()
     graphs = cuda_graphs and torch.device(device).type == "cuda"
     for name in ("loss_of_draws", "reconstruction_of_draws"):
-        model.__dict__[name] = _marked(torch.compile(getattr(type(model), name).__get__(model),
-                                                     **_options(device, cuda_graphs)), graphs)
+        eager = getattr(type(model), name).__get__(model)
+        fast = _marked(torch.compile(eager, **_options(device, cuda_graphs)), graphs)
+        model.__dict__[name] = _guarded(fast, eager, setting) if setting else fast
 
 
 def _marked(compiled, graphs: bool):
@@ -80,8 +83,9 @@ def _marked(compiled, graphs: bool):
     return call
 
 
-def compile_network(model, device: torch.device, cuda_graphs: bool = True) -> None:
-    """Compile the network call that every sampler makes (:meth:`bfncli.model.BFN.predict`)."""
+def compile_network(model, device: torch.device, cuda_graphs: bool = True, setting: Optional[str] = None) -> None:
+    """Compile the network call that every sampler makes (:meth:`bfncli.model.BFN.predict`);
+    ``setting`` as for :func:`compile_loss`."""
     use_bfn_cache()
     graphs = cuda_graphs and torch.device(device).type == "cuda"
     compiled = _marked(torch.compile(model.net, **_options(device, cuda_graphs)), graphs)
@@ -89,7 +93,41 @@ def compile_network(model, device: torch.device, cuda_graphs: bool = True) -> No
     def network(*args):  # a CUDA graph's outputs are overwritten by its next replay, and samplers keep them
         return compiled(*args).clone() if graphs else compiled(*args)
 
-    model.__dict__["network_call"] = network
+    model.__dict__["network_call"] = _guarded(network, model.net, setting) if setting else network
+
+
+def _guarded(fast, eager, setting: str):
+    """``fast`` (compiled), whose first call may fail to compile (no C++ compiler for inductor on the
+    CPU, an unsupported GPU, a torch bug): then, if ``setting`` (say ``sample.compile``) was ``auto``,
+    a warning and ``eager`` from then on; if it was ``on``, a one-line error that says to turn it off.
+    Errors that are not the compiler's (running out of memory, bad input) come back from the eager call."""
+    from bfncli.errors import BFNError, Interrupted
+
+    key, _, value = setting.partition("=")
+    state = {"compiled": None}  # None: not tried yet; True: compiled; False: compiling failed
+
+    def call(*args, **kwargs):
+        if state["compiled"]:
+            return fast(*args, **kwargs)
+        if state["compiled"] is False:
+            return eager(*args, **kwargs)
+        try:
+            out = fast(*args, **kwargs)
+        except (BFNError, Interrupted, torch.OutOfMemoryError):
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever the compiler stack raised
+            text = str(err).strip().splitlines()
+            why = f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+            if value != "auto":
+                raise BFNError(f"torch.compile failed on this machine ({why}); run with --set {key}=off",
+                               exit_code=1) from None
+            logger.warning(f"torch.compile failed ({why}); running eagerly ({key}=off skips trying)")
+            state["compiled"] = False
+            return eager(*args, **kwargs)
+        state["compiled"] = True
+        return out
+
+    return call
 
 
 def uncompile(model) -> None:

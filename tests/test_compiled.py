@@ -153,3 +153,41 @@ def test_compiled_evaluation_reports_the_eager_figures(case):
         assert abs(a[key] - b[key]) <= 1e-5 * abs(a[key]), (key, a[key], b[key])
     # A standard error is a difference of repeats, each within 1e-5 relative: so it is within 1e-5 of their mean.
     assert abs(a["total_stderr"] - b["total_stderr"]) <= 1e-5 * a["total_mean"]
+
+
+def _no_compiler(fn, **kwargs):
+    """What torch.compile gives on a machine whose compiler cannot build the kernels: a function whose
+    first call fails."""
+    def fails(*args, **kw):
+        raise RuntimeError("InductorError: CppCompileError: C++ compile error\nno such file: g++")
+    return fails
+
+
+def test_a_compiler_that_fails_under_auto_warns_and_runs_eagerly(monkeypatch, caplog):
+    model = _model("unet_vdm-continuous").eval()
+    x = _data(model)
+    t = torch.full((len(x),), 0.5)
+    theta = model.flow.flow_sample(x, model._per_example(t, x), torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model.predict(theta, t)
+        monkeypatch.setattr(torch, "compile", _no_compiler)
+        compiled.compile_network(model, torch.device("cpu"), setting="sample.compile=auto")
+        compiled.compile_loss(model, torch.device("cpu"), setting="eval.compile=auto")
+        with caplog.at_level("WARNING", logger="bfn"):
+            assert torch.equal(model.predict(theta, t).probs, expected.probs)
+            assert torch.isfinite(model.loss(x, 10, torch.Generator().manual_seed(1)))
+    said = [r.getMessage() for r in caplog.records]
+    assert any("torch.compile failed (RuntimeError: InductorError: CppCompileError: C++ compile error); "
+               "running eagerly (sample.compile=off skips trying)" in m for m in said), said
+    assert any("eval.compile=off" in m for m in said), said
+
+
+def test_a_compiler_that_fails_under_on_is_one_line(runs, call, monkeypatch, tmp_path):
+    from conftest import assert_one_line_error, ckpt
+
+    monkeypatch.setattr(torch, "compile", _no_compiler)
+    result = call("sample", "--checkpoint", ckpt(runs, "img"), "--steps", 3, "-o", tmp_path / "s.safetensors",
+                  "--set", "sample.compile=on")
+    assert_one_line_error(result, "torch.compile failed on this machine (RuntimeError: InductorError",
+                          "run with --set sample.compile=off", code=1)
+    assert not (tmp_path / "s.safetensors").exists()

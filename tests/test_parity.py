@@ -145,7 +145,10 @@ def _few_examples(preset: str, path):
     return path
 
 
-@pytest.mark.parametrize("manifest_name", list(RELEASED))
+# The default suite converts one layout of each network family; the other three CIFAR-10 ones are slow-marked.
+@pytest.mark.parametrize("manifest_name", [
+    name if name in ("mnist_discrete", "cifar10_discretized_256bins", "text8_discrete")
+    else pytest.param(name, marks=pytest.mark.slow) for name in RELEASED])
 def test_released_layouts_convert_with_their_preset_and_evaluate(manifest_name, tmp_path, call):
     manifests = json.loads((CONFORMANCE / "manifests.json").read_text())
     preset, filename = RELEASED[manifest_name]

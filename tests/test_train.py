@@ -63,7 +63,7 @@ def reference(work):
 
 @pytest.mark.parametrize("fault,extra", [
     ("kill:6:0", []),  # mid-epoch (epochs are 2.5 steps long), after the step-4 checkpoint
-    ("kill:5:0", []),  # right at an epoch boundary (step 5 starts at example 40 = 2 epochs)
+    pytest.param("kill:5:0", [], marks=pytest.mark.slow),  # right at an epoch boundary (step 5 starts at example 40)
     ("kill-save:8", []),  # while the step-8 checkpoint is half-written
 ])
 def test_resume_after_sigkill_is_bit_for_bit(reference, fault, extra):

@@ -70,7 +70,7 @@ def evaluate_model(model, info, runtime: Runtime, overrides: dict[str, Any], set
     require_memory(8 * batch * per_example, f"a batch of {batch} examples", "lower --batch-size", runtime.device)
     use_fast_layout(model.net, runtime.device)
     if compiled.wanted(e.compile, runtime.device, e.repeats * math.ceil(len(examples) / batch)):
-        compiled.compile_loss(model, runtime.device)
+        compiled.compile_loss(model, runtime.device, setting=f"eval.compile={e.compile}")
     result = estimate(model, examples, e.steps, e.repeats, batch, e.seed, runtime,
                       state_key=_state_key(info, cfg, examples, classes, weights),
                       progress=progress and runtime.is_main, classes=classes)

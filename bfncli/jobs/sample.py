@@ -182,7 +182,7 @@ def make_samples(
     _require_memory(model, count, min(s.batch_size, count), evaluations, len(record_at), device)
     use_fast_layout(model.net, device)
     if compiled.wanted(s.compile, device, evaluations * math.ceil(count / s.batch_size)):
-        compiled.compile_network(model, device)
+        compiled.compile_network(model, device, setting=f"sample.compile={s.compile}")
     from tqdm import tqdm
 
     bar = tqdm(total=evaluations * math.ceil(count / s.batch_size), desc=f"sample ({method.name})", unit="eval",

@@ -222,7 +222,8 @@ class Trainer:
         self.ema_params = [p for p in self.ema.parameters()]
         self.compiling = compiled.wanted(t.compile, device, t.steps)
         if self.compiling:  # after the EMA's deep copy, which must not share the compiled loss
-            compiled.compile_loss(self.unwrapped, device, cuda_graphs=self.runtime.world_size == 1)
+            compiled.compile_loss(self.unwrapped, device, cuda_graphs=self.runtime.world_size == 1,
+                                  setting=f"train.compile={t.compile}")
         self.first_step_clock = compiled.FirstCallClock("the first training step", enabled=self.compiling and self.runtime.is_main)
 
     def _param_groups(self, model):
