@@ -160,28 +160,18 @@ def bench_train(base, batch, device, precision, compile_on, steps, warmup, peak,
             "peak_memory_gib": peak_memory(device)}
 
 
-class RandomExamples:
-    """Random examples of the model's kind, as bfn eval's estimator reads them."""
-
-    def __init__(self, model, n: int, device):
-        self.x = random_batch(model, n, "cpu")
-
-    def __len__(self):
-        return len(self.x)
-
-    def batch(self, index, generator=None):
-        return self.x[index]
-
-
 def bench_eval(base, n_examples, batch, n_steps, device, compile_on):
     """One repeat of bfn eval's estimator (its draws, batches and layout), over random examples; batch
     None: the default (as many as fit on a GPU)."""
+    from bfncli.data.examples import DataSpec, TensorExamples
     from bfncli.jobs.evaluate import estimate, fitting_batch
     from bfncli.jobs.runtime import Runtime
+    from bfncli.samples_file import samples_kind
 
     model = copy.deepcopy(base).to(device).eval()
     use_fast_layout(model.net, device)
-    examples = RandomExamples(model, n_examples, device)
+    spec = DataSpec(samples_kind(model).removesuffix("_image"), tuple(model.data_shape))
+    examples = TensorExamples(random_batch(model, n_examples, "cpu"), spec)
     batch = batch or fitting_batch(model, examples, n_steps, device)
     if compile_on:
         compiled.compile_loss(model, device)

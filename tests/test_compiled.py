@@ -124,29 +124,19 @@ def test_compiling_keeps_the_state_dict_and_uncompiles():
     assert not {"loss_of_draws", "reconstruction_of_draws", "network_call"} & set(model.__dict__)
 
 
-class _Examples:
-    """Fixed examples in the shape bfn eval's estimator reads them."""
-
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def batch(self, index, generator=None):
-        return self.x[index]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_compiled_evaluation_reports_the_eager_figures(case):
+    from bfncli.data.examples import DataSpec, TensorExamples
     from bfncli.jobs.evaluate import estimate
     from bfncli.jobs.runtime import Runtime
+    from bfncli.samples_file import samples_kind
 
     eager = _model(case).eval()
     fast = copy.deepcopy(eager)
     compiled.compile_loss(fast, torch.device("cpu"))
-    examples = _Examples(_data(eager, batch=130))
+    spec = DataSpec(samples_kind(eager).removesuffix("_image"), tuple(eager.data_shape))
+    examples = TensorExamples(_data(eager, batch=130), spec)
     runtime = Runtime(device=torch.device("cpu"))
     a, b = (estimate(m, examples, 10, 2, 64, 3, runtime, progress=False) for m in (eager, fast))
     for key in ("loss_mean", "recon_mean"):
