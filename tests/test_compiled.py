@@ -78,6 +78,25 @@ def test_compiled_sampling_draws_the_eager_samples(case):
                 assert _close(b.float(), a.float()), name
 
 
+@pytest.mark.parametrize("case", list(CASES))
+def test_what_is_compiled_is_one_graph(case):
+    """The loss given its draws (training, evaluation), the reconstruction and the network (sampling)
+    each trace into one graph: a graph break would run the code between graphs eagerly, in Python."""
+    model = _model(case)
+    x = _data(model)
+    draws = model.draw(x, 10, torch.Generator().manual_seed(4))
+    t = torch.full((len(x),), 0.5)
+    theta = model.flow.flow_sample(x, model._per_example(t, x), torch.Generator().manual_seed(0))
+    t_net = t.reshape(len(x), *([1] * len(model.data_shape))).expand(len(x), *model.data_shape)
+    pieces = {"loss": (model.loss_of_draws, (x, *draws, 10)),
+              "reconstruction": (model.reconstruction_of_draws, (x, draws[1])),
+              "network": (model.net, (model.flow.net_input(theta), t_net))}
+    for name, (fn, args) in pieces.items():
+        explained = torch._dynamo.explain(fn)(*args)
+        assert explained.graph_break_count == 0, (name, [str(b.reason) for b in explained.break_reasons])
+    torch._dynamo.reset()
+
+
 def test_the_eager_loss_is_its_draws_then_a_function_of_them():
     """The split that compiling relies on draws the numbers the loss always drew (exact resume across
     versions, conformance): the draws come first from the same generator, in the same order."""

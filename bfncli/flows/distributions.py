@@ -90,7 +90,7 @@ def chunked(fn: Callable[..., Tensor], *tensors: Tensor, width: int) -> Tensor:
 def broadcast_shape(*shapes) -> torch.Size:
     """The shape ``shapes`` broadcast to, as torch.broadcast_shapes gives it (which imports the symbolic
     shapes machinery and sympy on its first call: half a second of every command's start-up)."""
-    out = [1] * max((len(s) for s in shapes), default=0)
+    out = [1] * max([0, *(len(s) for s in shapes)])  # not max(..., default=0): torch.compile breaks its graph there
     for s in shapes:
         for i, size in enumerate(s, len(out) - len(s)):
             if size != 1:
