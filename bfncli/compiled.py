@@ -17,6 +17,7 @@ after any deep copy of it (the EMA).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Literal, Optional
@@ -28,19 +29,59 @@ from bfncli.log import logger
 
 Setting = Literal["auto", "on", "off"]
 
-# "auto" compiles training runs of at least this many steps: on CUDA the one-off compile (about a minute
-# for the paper's networks) is repaid within a few hundred steps; on the CPU, see the README's Speed
-# section (None: auto never compiles there).
-AUTO_MIN_STEPS = {"cuda": 500, "cpu": None}
+# When "auto" compiles. On a GPU: jobs of at least this many network calls, where the one-off compile
+# (about a minute for the paper's networks) is repaid within a few hundred steps.
+AUTO_MIN_CALLS_CUDA = 500
+# On the CPU (benchmarks/cpu_auto_compile.py, README's Speed section, 2 cores): compiled evaluation and
+# sampling of the small networks (default, mnist-tiny, text8-tiny) ran 1.18-1.45x faster per call after
+# 5-72 s of compiling, repaid after 30-343 s of eager work; the paper's networks (mnist, cifar10, text8)
+# ran 0.99-1.08x, which 17-99 s of compiling repays after 5 minutes to never; compiled training ran
+# slower than eager (14.1 against 15.4 steps/s, default preset). So "auto" compiles a CPU evaluation or
+# sampling of a network of at most CPU_MAX_FLOPS_PER_EXAMPLE whose eager run is estimated at
+# AUTO_MIN_CPU_SECONDS or more (None: never): a margin of five over the slowest break-even, wide enough
+# for the estimate's error (it ran 0.4-2.6x the measured time on the small presets).
+AUTO_MIN_CPU_SECONDS = {"eval": 1800, "sample": 1800, "train": None}
+# The small networks' bound (below) is 0.01-1.05 GFLOP per example; the paper's, 39-87.
+CPU_MAX_FLOPS_PER_EXAMPLE = 4e9
+# The estimate: model FLOPs bounded above by 2 x parameters x positions per example and call (the
+# presets' real counts are 0.24-1.0 of it), done at this rate per CPU thread (the rate the presets
+# ran at on the measuring machine: 20-80 GFLOP/s per thread of that bound).
+CPU_FLOPS_PER_THREAD = 50e9
 
 
-def wanted(setting: Setting, device: torch.device, steps: Optional[int] = None) -> bool:
-    """Whether to compile: ``on``/``off`` as said; ``auto`` where it measured faster for a job of
-    ``steps`` network calls (None: a job that is never long enough, like one sampling call on the CPU)."""
+def flops_bound(model) -> float:
+    """An upper bound on the network's forward FLOPs per example: every weight used in one multiply-add
+    at every position of the example (pixels for a U-Net, characters for a transformer), which lower
+    resolutions and shared biases only reduce. Needs no forward pass and no FLOP counter."""
+    shape = model.data_shape
+    positions = math.prod(shape[:-1]) if len(shape) > 1 else shape[0]
+    return 2.0 * sum(p.numel() for p in model.net.parameters()) * positions
+
+
+def eager_seconds(model, calls: int, examples: int, backward: bool = False) -> float:
+    """The estimated eager CPU time of ``calls`` network calls on ``examples`` examples each (three times
+    the forward's work with the backward pass)."""
+    work = flops_bound(model) * calls * examples * (3 if backward else 1)
+    return work / (CPU_FLOPS_PER_THREAD * max(torch.get_num_threads(), 1))
+
+
+def wanted(setting: Setting, device: torch.device, calls: Optional[int] = None, job: str = "train",
+           model=None, examples: Optional[int] = None) -> bool:
+    """Whether to compile ``job`` ("train", "eval" or "sample"): ``on``/``off`` as said; ``auto`` where it
+    measured faster for a job of ``calls`` network calls on ``examples`` examples each (None: a job never
+    long enough). The CPU's rule needs ``model`` and ``examples`` (only small networks, only long jobs); it is deterministic (no timing), so a
+    job's numbers do not depend on how busy the machine was when it started."""
     if setting != "auto":
         return setting == "on"
-    least = AUTO_MIN_STEPS.get(torch.device(device).type)
-    return least is not None and steps is not None and steps >= least
+    if calls is None:
+        return False
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return calls >= AUTO_MIN_CALLS_CUDA
+    least = AUTO_MIN_CPU_SECONDS.get(job) if kind == "cpu" else None
+    if least is None or model is None or not examples or flops_bound(model) > CPU_MAX_FLOPS_PER_EXAMPLE:
+        return False
+    return eager_seconds(model, calls, examples, backward=job == "train") >= least
 
 
 def use_bfn_cache() -> None:

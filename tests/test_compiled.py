@@ -3,9 +3,11 @@ relative 1e-5) for every network family and both kinds of flow; when `auto` comp
 inductor keeps its kernels. Inductor compiles on the CPU too (with the system's C++ compiler)."""
 
 import copy
+import math
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from bfncli import compiled
 from bfncli.config import resolve_config
@@ -111,13 +113,87 @@ def test_the_eager_loss_is_its_draws_then_a_function_of_them():
     assert torch.equal(model.loss(x, 10, torch.Generator().manual_seed(4)), model.loss_of_draws(x, t, flow_noise, mc, 10))
 
 
-def test_auto_compiles_long_gpu_runs_only():
+def test_auto_compiles_gpu_jobs_of_many_calls():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert compiled.wanted("on", cpu, 1) and not compiled.wanted("off", cuda, 10**6)
-    assert compiled.wanted("auto", cuda, compiled.AUTO_MIN_STEPS["cuda"])
-    assert not compiled.wanted("auto", cuda, compiled.AUTO_MIN_STEPS["cuda"] - 1)
-    assert not compiled.wanted("auto", cuda, None)
-    assert compiled.wanted("auto", cpu, 10**9) == (compiled.AUTO_MIN_STEPS["cpu"] is not None)
+    for job in ("train", "eval", "sample"):
+        assert compiled.wanted("auto", cuda, compiled.AUTO_MIN_CALLS_CUDA, job)
+        assert not compiled.wanted("auto", cuda, compiled.AUTO_MIN_CALLS_CUDA - 1, job)
+        assert not compiled.wanted("auto", cuda, None, job)
+
+
+def test_auto_on_the_cpu_compiles_evaluations_and_samplings_estimated_long(monkeypatch):
+    cpu = torch.device("cpu")
+    model = _model("unet_vdm-continuous")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    per_call = compiled.eager_seconds(model, 1, 10)
+    assert per_call == pytest.approx(compiled.flops_bound(model) * 10 / (2 * compiled.CPU_FLOPS_PER_THREAD))
+    for job in ("eval", "sample"):
+        least = compiled.AUTO_MIN_CPU_SECONDS[job]
+        enough = math.ceil(least / per_call * (1 + 1e-9))
+        assert compiled.wanted("auto", cpu, enough, job, model, 10)
+        assert not compiled.wanted("auto", cpu, enough - 1, job, model, 10)
+        assert not compiled.wanted("auto", cpu, 10**12, job)  # no model, no estimate: eager
+        assert not compiled.wanted("off", cpu, 10**12, job, model, 10)
+    # The backward pass counts twice the forward; twice the threads, half the time.
+    assert compiled.eager_seconds(model, 1, 10, backward=True) == pytest.approx(3 * per_call)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert compiled.eager_seconds(model, 1, 10) == pytest.approx(per_call / 2)
+    # A network past the small ones (the paper's gain under 10% on the CPU) stays eager however long the job.
+    assert compiled.flops_bound(model) <= compiled.CPU_MAX_FLOPS_PER_EXAMPLE
+    monkeypatch.setattr(compiled, "CPU_MAX_FLOPS_PER_EXAMPLE", compiled.flops_bound(model) * (1 - 1e-9))
+    assert not compiled.wanted("auto", cpu, 10**12, "eval", model, 10)
+    assert not compiled.wanted("auto", cpu, 10**12, "sample", model, 10)
+    # Compiled training measured no faster on the CPU: auto never compiles it there.
+    assert compiled.AUTO_MIN_CPU_SECONDS["train"] is None
+    assert not compiled.wanted("auto", cpu, 10**12, "train", model, 10**6)
+
+
+@pytest.mark.parametrize("preset, small", [("default", True), ("mnist-tiny", True), ("text8-tiny", True),
+                                           ("mnist", False), ("cifar10-256d", False), ("text8", False)])
+def test_auto_on_the_cpu_tells_the_small_networks_from_the_papers(preset, small):
+    """Compile measured 1.2-1.45x faster on the CPU for the small presets and under 1.1x for the paper's."""
+    with torch.device("meta"):
+        model = BFN(resolve_config(preset, environ={}))
+    assert (compiled.flops_bound(model) <= compiled.CPU_MAX_FLOPS_PER_EXAMPLE) == small
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_work_bound_is_above_the_counted_flops(case):
+    """The estimate auto uses on the CPU is an upper bound on the network's FLOPs, and not a loose one."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _model(case).eval()
+    x = _data(model, batch=1)
+    t = torch.full((1,), 0.5)
+    theta = model.flow.flow_sample(x, model._per_example(t, x), torch.Generator().manual_seed(0))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.predict(theta, t)
+    counted, bound = counter.get_total_flops(), compiled.flops_bound(model)
+    assert counted <= bound <= 10 * counted, (counted, bound)
+
+
+def test_jobs_ask_auto_with_their_network_calls_and_batch(runs, call, monkeypatch, tmp_path):
+    from conftest import ckpt
+
+    asked = []
+
+    def spy(setting, device, calls=None, job="train", model=None, examples=None):
+        asked.append((job, calls, examples, model is not None))
+        return False
+
+    monkeypatch.setattr(compiled, "wanted", spy)
+    g = torch.Generator().manual_seed(0)
+    few = (torch.randint(0, 16, (10, 8, 8, 1), generator=g).float() * 2 + 1) / 16 - 1
+    save_file({"data": few}, str(tmp_path / "few.safetensors"))
+    assert call("sample", "--checkpoint", ckpt(runs, "img"), "--shape", "5,8,8,1", "--steps", 3, "--batch-size", 2,
+                "-o", tmp_path / "s.safetensors").returncode == 0
+    assert call("eval", "--checkpoint", ckpt(runs, "img"), "--steps", 10, "--repeats", 3, "--batch-size", 4,
+                "--data", tmp_path / "few.safetensors", "--json", env={"BFN_CACHE_DIR": str(tmp_path)}).returncode == 0
+    assert asked[0][0] == "sample" and asked[0][2:] == (2, True)
+    assert asked[0][1] == 3 * 3  # 3 evaluations for each of 3 chunks of 2
+    assert asked[1] == ("eval", 2 * 3 * 3, 4, True)  # the loss and the reconstruction, 3 batches, 3 repeats
 
 
 def test_inductor_keeps_its_kernels_in_bfns_cache(tmp_path, monkeypatch):

@@ -293,7 +293,8 @@ class EvalConfig(Section):
                                       "many as fit); the estimate does not depend on it")
     seed: int = Field(0, ge=0, le=INT64_MAX, description="random seed")
     compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile the loss: on, off, or auto (on for GPU evaluations of 500 batches or more)")
+        "auto", description="torch.compile the loss: on, off, or auto (on for GPU evaluations of 500 network calls or "
+        "more, and CPU evaluations of small networks estimated at 30 minutes or more eagerly)")
 
 
 class SampleConfig(Section):
@@ -308,7 +309,8 @@ class SampleConfig(Section):
     batch_size: int = Field(16, ge=1, description="samples drawn per network batch")
     seed: int = Field(0, ge=0, le=INT64_MAX, description="random seed")
     compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile the network: on, off, or auto (on for GPU jobs of 500 network calls or more)")
+        "auto", description="torch.compile the network: on, off, or auto (on for GPU jobs of 500 network calls or more, "
+        "and CPU jobs of small networks estimated at 30 minutes or more eagerly)")
 
     @field_validator("sampler")
     @classmethod

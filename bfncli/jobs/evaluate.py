@@ -69,7 +69,8 @@ def evaluate_model(model, info, runtime: Runtime, overrides: dict[str, Any], set
     batch = min(batch, len(examples))
     require_memory(8 * batch * per_example, f"a batch of {batch} examples", "lower --batch-size", runtime.device)
     use_fast_layout(model.net, runtime.device)
-    if compiled.wanted(e.compile, runtime.device, e.repeats * math.ceil(len(examples) / batch)):
+    calls = 2 * e.repeats * math.ceil(len(examples) / batch)  # the loss and the reconstruction, per batch
+    if compiled.wanted(e.compile, runtime.device, calls, job="eval", model=model, examples=batch):
         compiled.compile_loss(model, runtime.device, setting=f"eval.compile={e.compile}")
     result = estimate(model, examples, e.steps, e.repeats, batch, e.seed, runtime,
                       state_key=_state_key(info, cfg, examples, classes, weights),

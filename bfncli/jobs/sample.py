@@ -181,7 +181,9 @@ def make_samples(
     record_at = _frame_steps(evaluations - 1, frames) if trajectory else set()
     _require_memory(model, count, min(s.batch_size, count), evaluations, len(record_at), device)
     use_fast_layout(model.net, device)
-    if compiled.wanted(s.compile, device, evaluations * math.ceil(count / s.batch_size)):
+    chunk = min(s.batch_size, count) * (1 if s.guidance == 1.0 else 2)  # guidance runs the network on 2B
+    if compiled.wanted(s.compile, device, evaluations * math.ceil(count / s.batch_size), job="sample", model=model,
+                       examples=chunk):
         compiled.compile_network(model, device, setting=f"sample.compile={s.compile}")
     from tqdm import tqdm
 

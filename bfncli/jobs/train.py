@@ -220,7 +220,8 @@ class Trainer:
         self.unwrapped = self.accelerator.unwrap_model(self.model)
         self.params = [p for p in self.unwrapped.parameters()]
         self.ema_params = [p for p in self.ema.parameters()]
-        self.compiling = compiled.wanted(t.compile, device, t.steps)
+        self.compiling = compiled.wanted(t.compile, device, t.steps, job="train", model=model,
+                                         examples=t.batch_size // self.runtime.world_size)
         if self.compiling:  # after the EMA's deep copy, which must not share the compiled loss
             compiled.compile_loss(self.unwrapped, device, cuda_graphs=self.runtime.world_size == 1,
                                   setting=f"train.compile={t.compile}")
