@@ -69,8 +69,9 @@ def wanted(setting: Setting, device: torch.device, calls: Optional[int] = None, 
            model=None, examples: Optional[int] = None) -> bool:
     """Whether to compile ``job`` ("train", "eval" or "sample"): ``on``/``off`` as said; ``auto`` where it
     measured faster for a job of ``calls`` network calls on ``examples`` examples each (None: a job never
-    long enough). The CPU's rule needs ``model`` and ``examples`` (only small networks, only long jobs); it is deterministic (no timing), so a
-    job's numbers do not depend on how busy the machine was when it started."""
+    long enough). The CPU's rule needs ``model`` and ``examples`` (only small networks, only long jobs);
+    it is deterministic (no timing), so which path a job takes does not depend on how busy the machine
+    was when it started."""
     if setting != "auto":
         return setting == "on"
     if calls is None:
