@@ -135,7 +135,7 @@ def test_auto_on_the_cpu_compiles_evaluations_and_samplings_estimated_long(monke
         assert not compiled.wanted("auto", cpu, enough - 1, job, model, 10)
         assert not compiled.wanted("auto", cpu, 10**12, job)  # no model, no estimate: eager
         assert not compiled.wanted("off", cpu, 10**12, job, model, 10)
-    # The backward pass counts twice the forward; twice the threads, half the time.
+    # The backward pass adds twice the forward's work (three times in all); twice the threads, half the time.
     assert compiled.eager_seconds(model, 1, 10, backward=True) == pytest.approx(3 * per_call)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     assert compiled.eager_seconds(model, 1, 10) == pytest.approx(per_call / 2)
